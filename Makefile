@@ -1,0 +1,48 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?= cross-encoder/nli-MiniLM2-L6-H768
+DEMO_MODEL ?= .zsc/demo-model
+PORT ?= 8000
+STAMP := $(VENV)/.zsc-installed
+
+.PHONY: install run demo test test-fast browser soak bench clean
+
+# torch is pinned first: 2.13.0 is the CPU build this project is tested with (a plain `torch`
+# would pull a multi-GB CUDA build on machines without a GPU).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/serve run --name zsc serve_app.app:build_app model=$(MODEL)
+
+demo: install
+	@test -f $(DEMO_MODEL)/config.json || $(BIN)/zsc make-test-model $(DEMO_MODEL)
+	@echo "*** make demo: serving a TINY RANDOM test model: its scores are random and mean nothing. ***"
+	$(BIN)/serve run --name zsc serve_app.app:build_app model=$(DEMO_MODEL)
+
+# Debian's Chromium for the browser test (Playwright drives it; it never downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install browser
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser" tests
+
+soak: install
+	$(BIN)/python -m pytest -q -m slow tests
+
+bench: install
+	$(BIN)/zsc bench
+
+clean:
+	rm -rf $(VENV) .zsc .pytest_cache

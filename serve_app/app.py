@@ -1,0 +1,59 @@
+"""The application builder: `serve run serve_app.app:build_app model=DIR`.
+
+`build_app` validates its typed args (`AppConfig`), resolves the model once in the driver so a
+missing or unreachable model fails at start with one message (not a replica crash loop), and
+binds the deployments: Ingress -> Classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from serve_app.classifier import Classifier
+from serve_app.config import AppConfig
+from serve_app.ingress import Ingress
+from serve_app.model import ModelLoadError, read_label_indices, resolve_model_source
+from serve_app.nli import ModelLabelError
+
+APP_NAME = "zsc"
+
+
+class StartupError(SystemExit):
+    """Stops `serve run` with one readable line instead of a traceback."""
+
+
+def _deployment_options(scale: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "max_ongoing_requests": scale.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": scale.num_cpus, "num_gpus": scale.num_gpus},
+    }
+    if scale.num_replicas == "auto":
+        options["num_replicas"] = "auto"
+    else:
+        options["num_replicas"] = scale.num_replicas
+    return options
+
+
+def build_app(args: AppConfig) -> Application:
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    try:
+        source = resolve_model_source(config.model_settings())
+        read_label_indices(source, config.revision)
+    except (ModelLoadError, ModelLabelError) as exc:
+        raise StartupError(f"zsc: {exc}") from None
+
+    # Replicas load the already-resolved source, so they never touch the network.
+    classifier = Classifier.options(
+        **_deployment_options(config.classifier),
+        user_config=config.batching.model_dump(),
+    ).bind(
+        config.model_settings().model_dump(),
+        config.limits.model_dump(),
+        config.batching.model_dump(),
+        source,
+    )
+    return Ingress.options(**_deployment_options(config.ingress)).bind(
+        config.model_dump(), classifier
+    )

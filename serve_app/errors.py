@@ -1,0 +1,51 @@
+"""Client-facing errors: every mistake a caller can make maps to one of these, never to a 500.
+
+They cross Ray process boundaries (raised in the Classifier, caught in the ingress), so they
+pickle by their positional args.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClientError(Exception):
+    """A request the caller must fix. Rendered as `{"error": {"type", "message"}}`."""
+
+    default_status = 422
+    default_type = "invalid_request"
+
+    def __init__(self, message: str, status_code: int | None = None, type: str | None = None):
+        super().__init__(message, status_code, type)
+        self.message = message
+        self.status_code = status_code or self.default_status
+        self.type = type or self.default_type
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.type, self.message)
+
+
+class LimitExceeded(ClientError):
+    """A configured size limit was breached; the message names the limit and the way out."""
+
+    default_status = 413
+    default_type = "limit_exceeded"
+
+
+class ServiceUnavailable(Exception):
+    """A transient server-side condition; clients should retry (503 + Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, retry_after_s)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def error_body(type: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": type, "message": message}}

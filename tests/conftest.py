@@ -1,0 +1,87 @@
+"""Shared fixtures: one tiny random NLI model and one local Ray/Serve instance per session.
+
+Ray starts once (about 8 s) and every integration test deploys into it. Tests that need their
+own configuration deploy another application under its own name and route prefix with
+`deploy_app`, so they never disturb the default `zsc` app.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from serve_app.testing import build_test_model  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def serve_instance() -> Iterator[str]:
+    """Start Ray and Serve once; yields the HTTP base URL of the Serve proxy."""
+    import ray
+    from ray import serve
+
+    ray.init(
+        num_cpus=int(os.environ.get("ZSC_TEST_CPUS", "16")),
+        include_dashboard=False,
+        log_to_driver=os.environ.get("ZSC_TEST_RAY_LOGS") == "1",
+        namespace="zsc-tests",
+    )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deploy_app(serve_instance: str, tiny_model_dir: Path):
+    """Deploy `build_app` with overrides under its own name and prefix; returns its base URL."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import AppConfig
+
+    def deploy(name: str, **overrides: Any) -> str:
+        args: dict[str, Any] = {
+            "model": str(tiny_model_dir),
+            "classifier": {"num_cpus": 0.5},
+            "ingress": {"num_cpus": 0.1},
+        }
+        args.update(overrides)
+        prefix = "/" if name == "zsc" else f"/{name}"
+        serve.run(build_app(AppConfig.model_validate(args)), name=name, route_prefix=prefix)
+        return serve_instance.rstrip("/") + ("" if prefix == "/" else prefix)
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def zsc_url(deploy_app) -> str:
+    """The default application, `zsc`, on the tiny model."""
+    return deploy_app("zsc")
+
+
+@pytest.fixture(scope="session")
+def zsc_handle(zsc_url: str):
+    from ray import serve
+
+    return serve.get_app_handle("zsc")
