@@ -39,7 +39,9 @@ def serve_instance() -> Iterator[str]:
     import ray
     from ray import serve
 
+    # address="local": always a fresh instance, never a cluster some `ray start` left running.
     ray.init(
+        address="local",
         num_cpus=int(os.environ.get("ZSC_TEST_CPUS", "16")),
         include_dashboard=False,
         log_to_driver=os.environ.get("ZSC_TEST_RAY_LOGS") == "1",
