@@ -45,7 +45,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "invalid_json", "the body is not valid JSON; send a JSON object"
-    if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+    not_an_object = {"model_attributes_type", "dict_type", "missing"}
+    if any(tuple(e.get("loc", ())) == ("body",) and e.get("type") in not_an_object for e in errors):
         return 400, "invalid_json", (
             "the body must be a JSON object (Content-Type: application/json), "
             'e.g. {"text": "...", "labels": ["a", "b"]}'

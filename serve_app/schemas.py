@@ -133,11 +133,14 @@ def prepare_request(
         if not label.strip():
             raise ClientError(f"labels[{i}] is empty: every label needs some content")
 
-    limit_texts = max_texts if max_texts is not None else limits.max_texts
-    if len(text_list) > limit_texts:
-        hint = "" if max_texts is not None else "; split it or submit it as a job (POST /v1/jobs)"
+    if max_texts is None and len(text_list) > limits.max_texts:
         raise LimitExceeded(
-            f"{len(text_list)} texts exceed the limit of {limit_texts} per request{hint}"
+            f"{len(text_list)} texts exceed limits.max_texts={limits.max_texts} per request; "
+            "split it or submit it as a job (POST /v1/jobs)"
+        )
+    if max_texts is not None and len(text_list) > max_texts:
+        raise LimitExceeded(
+            f"{len(text_list)} texts exceed limits.max_job_texts={max_texts} per job; split the job"
         )
     if len(label_list) > limits.max_labels:
         raise LimitExceeded(

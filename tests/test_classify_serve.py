@@ -1,0 +1,161 @@
+"""The service over real HTTP and through the DeploymentHandle, on the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from ray import serve
+from transformers import pipeline
+
+from parity import CASES, Case, as_list, assert_same_results
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path):
+    return pipeline("zero-shot-classification", model=str(tiny_model_dir), device="cpu")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_http_equals_the_pipeline(zsc_url: str, reference, case: Case) -> None:
+    response = httpx.post(f"{zsc_url}/v1/classify", json=case.body(), timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_same_results(body["results"], as_list(reference(case.texts, **case.pipeline_kwargs())))
+    n_labels = len(body["results"][0]["labels"])
+    assert body["usage"] == {"pairs": len(case.texts) * n_labels}
+    assert "random" in body["warning"]
+    assert body["truncated"] == ([0] if case.name == "longer_than_window" else [])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_handle_equals_http(zsc_url: str, zsc_handle, case: Case) -> None:
+    via_http = httpx.post(f"{zsc_url}/v1/classify", json=case.body(), timeout=60).json()
+    via_handle = zsc_handle.classify.remote(
+        case.texts, case.labels, hypothesis_template=case.template, multi_label=case.multi_label
+    ).result(timeout_s=60)
+    assert via_handle["results"] == via_http["results"]
+    assert via_handle["usage"] == via_http["usage"]
+
+
+def test_one_text_field_answers_one_result(zsc_url: str, reference) -> None:
+    body = {"text": "Engineers test an electric car.", "labels": "cars, art"}
+    answer = httpx.post(f"{zsc_url}/v1/classify", json=body, timeout=30).json()
+    assert_same_results(answer["results"], [reference(body["text"], candidate_labels=body["labels"])])
+
+
+def test_model_health_and_docs(zsc_url: str) -> None:
+    assert httpx.get(f"{zsc_url}/healthz").json() == {"status": "ok"}
+    model = httpx.get(f"{zsc_url}/v1/model").json()
+    assert model["entailment_index"] == 1 and model["random_weights"] is True
+    assert model["max_length"] == 64
+    assert httpx.get(f"{zsc_url}/docs").status_code == 200
+    spec = httpx.get(f"{zsc_url}/openapi.json").json()
+    assert "/v1/classify" in spec["paths"]
+
+
+BAD_BODIES = [
+    ("not_json", b"this is not json", 400, "invalid_json"),
+    ("json_array", b'["a"]', 400, "invalid_json"),
+    ("truncated_json", b'{"texts": ["a"', 400, "invalid_json"),
+    ("missing_labels", {"texts": ["a"]}, 422, "invalid_request"),
+    ("missing_texts", {"labels": ["a"]}, 422, "invalid_request"),
+    ("both_text_and_texts", {"text": "a", "texts": ["b"], "labels": ["a"]}, 422, "invalid_request"),
+    ("texts_not_list", {"texts": "a", "labels": ["a"]}, 422, "invalid_request"),
+    ("texts_of_numbers", {"texts": [1, 2], "labels": ["a"]}, 422, "invalid_request"),
+    ("labels_number", {"texts": ["a"], "labels": 5}, 422, "invalid_request"),
+    ("multi_label_string", {"texts": ["a"], "labels": ["x"], "multi_label": "yes"}, 422, "invalid_request"),
+    ("unknown_field", {"texts": ["a"], "labels": ["x"], "lables": ["y"]}, 422, "invalid_request"),
+    ("empty_texts", {"texts": [], "labels": ["a"]}, 422, "invalid_request"),
+    ("empty_labels", {"texts": ["a"], "labels": []}, 422, "invalid_request"),
+    ("blank_label_string", {"texts": ["a"], "labels": " , ,"}, 422, "invalid_request"),
+    ("empty_text", {"texts": ["ok", "  "], "labels": ["a"]}, 422, "invalid_request"),
+    ("template_without_braces", {"text": "a", "labels": ["x"], "hypothesis_template": "No slot."}, 422, "invalid_request"),
+    ("template_two_slots", {"text": "a", "labels": ["x"], "hypothesis_template": "{} and {}"}, 422, "invalid_request"),
+    ("template_named_slot", {"text": "a", "labels": ["x"], "hypothesis_template": "{} is {name}"}, 422, "invalid_request"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "status", "error_type"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_malformed_bodies_get_a_json_4xx(zsc_url: str, name: str, body, status: int, error_type: str) -> None:
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    response = httpx.post(f"{zsc_url}/v1/classify", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == error_type and error["message"]
+    # ...and the app keeps serving.
+    ok = httpx.post(f"{zsc_url}/v1/classify", json={"text": "still up?", "labels": ["yes", "no"]}, timeout=30)
+    assert ok.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def limited_url(deploy_app) -> str:
+    return deploy_app(
+        "limited",
+        limits={
+            "max_texts": 3,
+            "max_labels": 4,
+            "max_pairs": 6,
+            "max_text_chars": 50,
+            "max_label_chars": 10,
+            "max_template_chars": 30,
+            "max_body_bytes": 2048,
+            "max_json_depth": 5,
+        },
+    )
+
+
+LIMIT_BREACHES = [
+    ("max_texts", {"texts": ["a"] * 4, "labels": ["x"]}),
+    ("max_labels", {"texts": ["a"], "labels": ["a", "b", "c", "d", "e"]}),
+    ("max_pairs", {"texts": ["a", "b"], "labels": ["a", "b", "c", "d"]}),
+    ("max_text_chars", {"texts": ["a" * 51], "labels": ["x"]}),
+    ("max_label_chars", {"texts": ["a"], "labels": ["x" * 11]}),
+    ("max_template_chars", {"texts": ["a"], "labels": ["x"], "hypothesis_template": "{}" + "." * 40}),
+    ("max_body_bytes", {"texts": ["a"], "labels": ["x"], "metadata_padding": "p" * 3000}),
+    ("max_json_depth", {"texts": ["a"], "labels": ["x"], "deep": [[[[[["too deep"]]]]]]}),
+]
+
+
+@pytest.mark.parametrize(("limit", "body"), LIMIT_BREACHES, ids=[b[0] for b in LIMIT_BREACHES])
+def test_each_limit_is_a_4xx_that_names_it(limited_url: str, limit: str, body: dict) -> None:
+    response = httpx.post(f"{limited_url}/v1/classify", json=body, timeout=30)
+    assert 400 <= response.status_code < 500, response.text
+    assert limit in response.json()["error"]["message"]
+    ok = httpx.post(f"{limited_url}/v1/classify", json={"texts": ["a"], "labels": ["x"]}, timeout=30)
+    assert ok.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def batching_app(deploy_app):
+    # A wait close to one tiny-model forward lets concurrent requests meet in a batch.
+    url = deploy_app("batching", batching={"max_batch_tokens": 4096, "batch_wait_timeout_s": 0.05})
+    return url, serve.get_deployment_handle("Classifier", app_name="batching")
+
+
+async def test_concurrent_requests_share_batches(batching_app, reference) -> None:
+    url, classifier = batching_app
+    await classifier.reset_batch_stats.remote()
+    texts = [f"Request {i}: the museum opens a new exhibition." for i in range(32)]
+    labels = ["art", "sports", "finance"]
+    async with httpx.AsyncClient(timeout=60) as client:
+        answers = await asyncio.gather(
+            *(client.post(f"{url}/v1/classify", json={"text": t, "labels": labels}) for t in texts)
+        )
+    assert all(a.status_code == 200 for a in answers)
+    for text, answer in zip(texts, answers):
+        assert_same_results(answer.json()["results"], [reference(text, candidate_labels=labels)])
+    stats = await classifier.batch_stats.remote()
+    assert stats["mean_calls_per_batch"] > 1.0, stats
+    assert stats["mean_pairs_per_batch"] > len(labels), stats
+
+
+async def test_batching_is_live_tunable(batching_app) -> None:
+    url, classifier = batching_app
+    await classifier.reconfigure.remote({"max_batch_tokens": 2048, "batch_wait_timeout_s": 0.01})
+    info = await classifier.model_info.remote()
+    assert info["batching"] == {"max_batch_tokens": 2048, "batch_wait_timeout_s": 0.01}
