@@ -11,16 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.auth import ApiKeys, install_auth
 from serve_app.config import AppConfig
 from serve_app.errors import ClientError, ServiceUnavailable, error_body
 from serve_app.http_guards import BodyGuard
+from serve_app.jobs.api import build_jobs_router
+from serve_app.limiter import ANONYMOUS_KEY, RateLimitClient
 from serve_app.schemas import ClassifyRequest, ClassifyResponse, prepare_body
 
 log = logging.getLogger("ray.serve")
@@ -34,11 +37,22 @@ class Services:
 
     config: AppConfig
     classifier: DeploymentHandle
+    jobs: DeploymentHandle | None = None  # the JobRunner; None when jobs.enabled is false
+    rate_limiter: RateLimitClient | None = None  # None when rate_limit.enabled is false
+    api_keys: ApiKeys = field(default_factory=lambda: ApiKeys({}))  # none: /v1 is open
     extras: dict[str, Any] = field(default_factory=dict)
 
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+def client_key(request: Request) -> str:
+    """Whose bucket pays: the API key's name when auth identified one, else the client address."""
+    key_name = getattr(request.state, "api_key_name", None)
+    if key_name:
+        return key_name
+    return request.client.host if request.client else ANONYMOUS_KEY
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -66,7 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientError)
     async def _client_error(_: Request, exc: ClientError) -> JSONResponse:
-        return JSONResponse(exc.to_body(), status_code=exc.status_code)
+        return JSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -113,8 +127,13 @@ def create_app(svc: Services) -> FastAPI:
         BodyGuard,
         max_body_bytes=svc.config.limits.max_body_bytes,
         max_json_depth=svc.config.limits.max_json_depth,
+        body_timeout_s=svc.config.limits.body_timeout_s,
     )
+    # Last added runs first: a caller without a key never gets its body read.
+    install_auth(app, svc.api_keys)
     install_error_handlers(app)
+    if svc.jobs is not None:
+        app.include_router(build_jobs_router(svc.config, svc.jobs))
 
     @app.post(
         "/v1/classify",
@@ -122,8 +141,14 @@ def create_app(svc: Services) -> FastAPI:
         response_model_exclude_none=True,
         summary="Classify texts against labels now",
     )
-    async def classify(body: ClassifyRequest, request: Request) -> Any:
+    async def classify(body: ClassifyRequest, request: Request, response: Response) -> Any:
         prepared = prepare_body(body, svc.config.limits)
+        if svc.rate_limiter is not None:
+            # After validation, so a malformed request is a 4xx that costs no tokens.
+            limiter = svc.rate_limiter
+            decision = await limiter.admit(client_key(request), limiter.cost_of(prepared.pairs))
+            if decision is not None:
+                response.headers.update(decision.headers())
         return await svc.classifier.classify_prepared.remote(prepared)
 
     @app.get("/healthz", summary="Liveness of this ingress replica")

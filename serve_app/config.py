@@ -7,9 +7,16 @@ default and a description in one place (the README's configuration table mirrors
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_MODEL = "cross-encoder/nli-MiniLM2-L6-H768"
 DEFAULT_TEMPLATE = "This example is {}."
@@ -66,6 +73,12 @@ class LimitsConfig(_Section):
     max_template_chars: int = Field(500, ge=3, description="Characters in the hypothesis template.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="HTTP request body size.")
     max_json_depth: int = Field(16, ge=4, description="Nesting depth of a JSON body.")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client may take to send its request body; slower is a 408, so "
+        "a slow-loris client cannot hold an ingress slot.",
+    )
     max_job_texts: int = Field(100_000, ge=1, description="Texts in one /v1/jobs submission.")
 
 
@@ -113,11 +126,16 @@ class JobsConfig(_Section):
     webhook: WebhookConfig = WebhookConfig()
 
 
+# A malformed hash is a deploy-time error, not a replica that cannot start.
+KeyHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-fA-F]{64}$")]
+
+
 class AuthConfig(_Section):
     """Optional API keys. Store hashes, never keys: `sha256:<hex>` or plain keys from the env."""
 
-    api_key_hashes: dict[str, str] = Field(
-        default_factory=dict, description="Key name -> 'sha256:<hex digest of the key>'."
+    api_key_hashes: dict[str, KeyHash] = Field(
+        default_factory=dict,
+        description="Key name -> 'sha256:<hex digest of the key>' (`zsc hash-key` prints one).",
     )
     api_keys_env: str = Field(
         "ZSC_API_KEYS", description="Env var with 'name:key,name2:key2' pairs, read at start."
@@ -129,25 +147,17 @@ class DeploymentScale(_Section):
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)
-
-
-class AppConfig(_Section):
-    """Arguments of `serve_app.app:build_app`."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(DEFAULT_MODEL, description="Hub id or local directory of the NLI model.")
-    revision: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    backend: Literal["torch", "int8"] = "torch"
-    torch_threads: int | None = Field(None, ge=1)
-    max_length: int | None = Field(None, ge=8)
-    random_model_warning: bool | None = Field(
-        None,
-        description="Warn in every answer that scores are random. Default: read the model's "
-        "zsc_random_weights marker (set by `zsc make-test-model`).",
+    graceful_shutdown_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a stopping replica (scale-down, redeploy) may finish its in-flight "
+        "requests before it is killed; cover the slowest request a full queue can hold.",
     )
+
+
+class AppConfig(ModelConfig):
+    """Arguments of `serve_app.app:build_app`: the model settings at top level (so
+    `serve run serve_app.app:build_app model=DIR` works) plus one section per concern."""
 
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -165,18 +175,10 @@ class AppConfig(_Section):
         return value.strip()
 
     @model_validator(mode="after")
-    def _gpu_implies_device(self) -> "AppConfig":
+    def _int8_is_cpu_only(self) -> "AppConfig":
         if self.backend == "int8" and self.device == "cuda":
             raise ValueError("backend=int8 runs on CPU only; use dtype=float16 on cuda")
         return self
 
     def model_settings(self) -> ModelConfig:
-        return ModelConfig(
-            model=self.model,
-            revision=self.revision,
-            device=self.device,
-            dtype=self.dtype,
-            backend=self.backend,
-            torch_threads=self.torch_threads,
-            max_length=self.max_length,
-        )
+        return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))

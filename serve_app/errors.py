@@ -14,6 +14,7 @@ class ClientError(Exception):
 
     default_status = 422
     default_type = "invalid_request"
+    headers: dict[str, str] | None = None  # extra response headers (e.g. Retry-After on a 429)
 
     def __init__(self, message: str, status_code: int | None = None, type: str | None = None):
         super().__init__(message, status_code, type)
@@ -33,6 +34,19 @@ class LimitExceeded(ClientError):
 
     default_status = 413
     default_type = "limit_exceeded"
+
+
+class RateLimited(ClientError):
+    """The client's token bucket cannot pay for this request now: 429 with the headers that say
+    when it can (`Retry-After`, `RateLimit-Policy`, `RateLimit`)."""
+
+    default_status = 429
+    default_type = "rate_limited"
+
+    def __init__(self, message: str, headers: dict[str, str]):
+        super().__init__(message)
+        self.args = (message, headers)  # pickles as RateLimited(message, headers)
+        self.headers = headers
 
 
 class ServiceUnavailable(Exception):

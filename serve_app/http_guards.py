@@ -2,11 +2,16 @@
 
 Runs before FastAPI touches the body: a body over `max_body_bytes` is a 413 (by Content-Length
 at once, or while streaming for chunked uploads), and JSON nested deeper than `max_json_depth`
-is a 400, since Python's json parser would otherwise recurse until it fails with a 500.
+is a 400, since Python's json parser would otherwise recurse until it fails with a 500. A body
+that takes longer than `body_timeout_s` to arrive is a 408: Serve's proxy streams the body to
+the replica and has no read timeout of its own (and a client can switch its request timeout off
+with the `x-request-timeout-seconds: 0` header), so without this a slow-loris client would hold
+one of the ingress replica's `max_ongoing_requests` slots for as long as it liked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -49,10 +54,13 @@ class _BodyTooLarge(Exception):
 class BodyGuard:
     """Pure ASGI middleware: size and depth bounds on request bodies."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int):
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_json_depth: int, body_timeout_s: float
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -63,9 +71,18 @@ class BodyGuard:
             await _reject(send, 413, "body_too_large", self._too_large())
             return
         try:
-            body = await self._read_body(receive)
+            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
         except _BodyTooLarge:
             await _reject(send, 413, "body_too_large", self._too_large())
+            return
+        except asyncio.TimeoutError:
+            await _reject(
+                send,
+                408,
+                "body_timeout",
+                f"the request body did not arrive within limits.body_timeout_s="
+                f"{self.body_timeout_s:g} seconds",
+            )
             return
         if json_depth_exceeds(body, self.max_json_depth):
             await _reject(

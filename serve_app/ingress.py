@@ -7,6 +7,7 @@ returns exactly the body `POST /v1/classify` answers.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,17 +15,38 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api import Services, create_app
+from serve_app.auth import ApiKeys
 from serve_app.config import DEFAULT_TEMPLATE, AppConfig
+from serve_app.limiter import RateLimitClient
 from serve_app.schemas import prepare_request
 
 
 @serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
-    def __init__(self, config: dict[str, Any], classifier: DeploymentHandle):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        classifier: DeploymentHandle,
+        jobs: DeploymentHandle | None = None,
+    ):
         self.config = AppConfig.model_validate(config)
         self.classifier = classifier
-        self.services = Services(config=self.config, classifier=classifier)
+        rate_limiter = None
+        if self.config.rate_limit.enabled:
+            rate_limiter = RateLimitClient(self.config.rate_limit)
+            # Find or create the shared limiter now, so the first requests after a deploy are
+            # limited instead of meeting an actor that is still starting (and failing open).
+            rate_limiter.connect()
+        self.services = Services(
+            config=self.config,
+            classifier=classifier,
+            jobs=jobs,
+            rate_limiter=rate_limiter,
+            # Read here, in the replica, so a key set in the pod's environment (e.g. from a
+            # Kubernetes secret) never travels through the app's config; only digests stay.
+            api_keys=ApiKeys.from_config(self.config.auth, os.environ),
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.services)

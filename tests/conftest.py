@@ -55,25 +55,51 @@ def serve_instance() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def deploy_app(serve_instance: str, tiny_model_dir: Path):
+def deploy_app(
+    serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+):
     """Deploy `build_app` with overrides under its own name and prefix; returns its base URL."""
     from ray import serve
 
     from serve_app.app import build_app
     from serve_app.config import AppConfig
 
+    # Each app gets its own job store in a temporary directory (the default path is relative to
+    # the job runner's working directory, and two apps must never share one store).
+    jobs_dir = tmp_path_factory.mktemp("job-stores")
+
     def deploy(name: str, **overrides: Any) -> str:
         args: dict[str, Any] = {
             "model": str(tiny_model_dir),
             "classifier": {"num_cpus": 0.5},
             "ingress": {"num_cpus": 0.1},
+            "jobs": {"db_path": str(jobs_dir / f"{name}.sqlite3")},
         }
         args.update(overrides)
         prefix = "/" if name == "zsc" else f"/{name}"
         serve.run(build_app(AppConfig.model_validate(args)), name=name, route_prefix=prefix)
+        if name != "zsc":
+            _deployed_this_module.add(name)
         return serve_instance.rstrip("/") + ("" if prefix == "/" else prefix)
 
     return deploy
+
+
+# Apps a test module deployed besides `zsc`; deleted when the module ends so their replicas
+# don't crowd the 2-core CI machine for the rest of the session.
+_deployed_this_module: set[str] = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _delete_module_apps() -> Iterator[None]:
+    yield
+    if not _deployed_this_module:
+        return
+    from ray import serve
+
+    for name in sorted(_deployed_this_module):
+        serve.delete(name)
+    _deployed_this_module.clear()
 
 
 @pytest.fixture(scope="session")

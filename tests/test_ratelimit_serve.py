@@ -1,0 +1,255 @@
+"""The shared rate limit over real HTTP: two ingress replicas, one limiter actor.
+
+Each scenario sends from its own loopback address (127.0.0.x), so each has its own bucket: the
+client key is the address when auth is off. Clients poll every ~0.1 s after a 429 instead of
+honouring Retry-After: these tests measure how exactly the limiter hands out tokens, not how
+polite a client is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import ray
+
+from serve_app.config import RateLimitConfig
+from serve_app.errors import ServiceUnavailable
+from serve_app.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name
+
+pytestmark = pytest.mark.ray
+
+RATE = 40.0  # pairs per second
+BURST = 80.0
+TEXTS, LABELS = ["one text", "another text"], ["a", "b", "c", "d"]
+COST = len(TEXTS) * len(LABELS)  # 8 pairs per request: 5 admitted requests per second
+CLIENTS = 16
+POLL_S = 0.1
+SLOW = "127.0.0.3"  # has an override: 4 pairs/s, burst 16
+
+RATE_LIMIT_HEADER = re.compile(r'^"default";r=\d+;t=\d+$')
+
+
+@dataclass
+class Answer:
+    sent: float
+    received: float
+    status: int
+    headers: httpx.Headers
+    body: dict
+
+
+@dataclass
+class Load:
+    start: float
+    answers: list[Answer] = field(default_factory=list)
+
+    def admitted(self, since: float = 0.0) -> float:
+        return COST * sum(a.status == 200 for a in self.answers if a.sent >= since)
+
+    def last_received(self) -> float:
+        return max(a.received for a in self.answers)
+
+
+@pytest.fixture(scope="module")
+def rl_url(deploy_app) -> str:
+    return deploy_app(
+        "rl",
+        ingress={"num_replicas": 2, "num_cpus": 0.1},
+        rate_limit={
+            "enabled": True,
+            "default": {"rate": RATE, "burst": BURST},
+            "overrides": {SLOW: {"rate": 4, "burst": 16}},
+            # Generous: this machine's 2 cores are shared, and a slow answer must not count
+            # as an outage (fail open) in the tests that measure the limit itself.
+            "timeout_s": 5.0,
+        },
+    )
+
+
+def client_from(address: str) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(
+        local_address=address, limits=httpx.Limits(max_connections=CLIENTS)
+    )
+    return httpx.AsyncClient(transport=transport, timeout=60)
+
+
+async def load(url: str, address: str, seconds: float, load_state: Load | None = None) -> Load:
+    """CLIENTS concurrent clients from one address for `seconds`; every answer is recorded."""
+    state = load_state or Load(start=time.monotonic())
+    deadline = time.monotonic() + seconds
+    body = {"texts": TEXTS, "labels": LABELS}
+    async with client_from(address) as client:
+
+        async def one_client() -> None:
+            while (sent := time.monotonic()) < deadline:
+                response = await client.post(f"{url}/v1/classify", json=body)
+                state.answers.append(
+                    Answer(sent, time.monotonic(), response.status_code, response.headers,
+                           response.json())
+                )
+                if response.status_code != 200:
+                    await asyncio.sleep(POLL_S * random.uniform(0.5, 1.5))
+
+        await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    return state
+
+
+def assert_refusals_are_well_formed(answers: list[Answer]) -> None:
+    for a in answers:
+        if a.status != 429:
+            continue
+        assert int(a.headers["Retry-After"]) >= 1
+        assert a.headers["RateLimit-Policy"] == '"default";q=80;w=2'
+        assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"]), a.headers["RateLimit"]
+        assert a.body["error"]["type"] == "rate_limited"
+
+
+async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(rl_url: str) -> None:
+    state = await load(rl_url, "127.0.0.2", seconds=5.0)
+    statuses = {a.status for a in state.answers}
+    assert statuses <= {200, 429}, statuses
+    assert 429 in statuses
+    assert_refusals_are_well_formed(state.answers)
+    # Every admitted answer carries the policy and what is left: none was admitted unlimited.
+    for a in state.answers:
+        if a.status == 200:
+            assert a.headers["RateLimit-Policy"] == '"default";q=80;w=2'
+            assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"])
+
+    admitted = state.admitted()
+    # Upper bound over the whole run: every admission happened before the last answer arrived.
+    elapsed = state.last_received() - state.start
+    assert admitted <= BURST + RATE * elapsed + 1e-6, (admitted, elapsed)
+    # Lower bound over the time clients were asking: tokens that accrued while someone was
+    # polling were handed out (only the last partial request's worth may be left over).
+    asking = max(a.sent for a in state.answers) - state.start
+    assert admitted >= 0.9 * (BURST + RATE * asking), (admitted, asking)
+
+
+async def test_a_client_that_waits_retry_after_succeeds(rl_url: str) -> None:
+    url = f"{rl_url}/v1/classify"
+    async with client_from(SLOW) as client:
+        drain = await client.post(url, json={"texts": ["a"] * 4, "labels": LABELS})
+        assert drain.status_code == 200, drain.text
+        assert drain.headers["RateLimit-Policy"] == f'"{SLOW}";q=16;w=4'
+        assert drain.headers["RateLimit"].startswith(f'"{SLOW}";r=0;')
+
+        refused = await client.post(url, json={"texts": TEXTS, "labels": LABELS})
+        assert refused.status_code == 429
+        retry_after = int(refused.headers["Retry-After"])
+        assert retry_after in (1, 2)  # 8 pairs at 4/s, less the time since the drain, rounded up
+        await asyncio.sleep(retry_after)
+        again = await client.post(url, json={"texts": TEXTS, "labels": LABELS})
+        assert again.status_code == 200, again.text
+
+
+async def test_a_request_above_the_burst_is_refused_for_good_not_429(rl_url: str) -> None:
+    async with client_from(SLOW) as client:
+        too_big = await client.post(
+            f"{rl_url}/v1/classify", json={"texts": ["a"] * 5, "labels": LABELS}
+        )
+    assert too_big.status_code == 413
+    error = too_big.json()["error"]
+    assert error["type"] == "limit_exceeded"
+    assert "POST /v1/jobs" in error["message"] and "16" in error["message"]
+    assert "Retry-After" not in too_big.headers
+
+
+def kill_limiter(app: str) -> bytes:
+    actor = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
+    ray.kill(actor)
+    return actor._actor_id.binary()
+
+
+async def wait_for_new_limiter(app: str, old_id: bytes, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            actor = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
+            if actor._actor_id.binary() != old_id:
+                await actor.__ray_ready__.remote()
+                return
+        except (ValueError, ray.exceptions.RayActorError):
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the limiter actor did not come back")
+
+
+async def test_killing_the_limiter_fails_open_then_the_limit_holds_again(rl_url: str) -> None:
+    state = Load(start=time.monotonic())
+    address = "127.0.0.4"
+    running = asyncio.ensure_future(load(rl_url, address, seconds=14.0, load_state=state))
+    await asyncio.sleep(2.0)
+    killed_at = time.monotonic()
+    old_id = kill_limiter("rl")
+    await wait_for_new_limiter("rl", old_id)
+    back_at = time.monotonic()
+    await running
+
+    assert {a.status for a in state.answers} <= {200, 429}  # fail open: never a 5xx
+    # Requests in flight when the actor died are part of the outage too.
+    outage = [a for a in state.answers if a.received >= killed_at and a.sent <= back_at]
+    assert any(a.status == 200 and "RateLimit" not in a.headers for a in outage), (
+        "no request was admitted unlimited while the limiter was down"
+    )
+    # Once it is back (and a second for every replica to find it): limited again.
+    since = back_at + 1.0
+    after = [a for a in state.answers if a.sent >= since]
+    assert after and any(a.status == 429 for a in after)
+    assert all("RateLimit" in a.headers for a in after if a.status == 200)
+    assert_refusals_are_well_formed(after)
+    window = state.last_received() - since
+    assert state.admitted(since) <= BURST + RATE * window + 1e-6, (state.admitted(since), window)
+
+
+def client_config(fail_mode: str) -> RateLimitConfig:
+    return RateLimitConfig(
+        enabled=True, default={"rate": 20, "burst": 10}, fail_mode=fail_mode, timeout_s=2.0
+    )
+
+
+async def test_fail_closed_refuses_with_503_and_finds_the_actor_again(serve_instance: str) -> None:
+    app = "closed-client-test"
+    client = RateLimitClient(client_config("closed"), app_name=app)
+    assert client.connect()
+    assert (await client.admit("k", 1)).allowed
+    old_id = kill_limiter(app)
+    with pytest.raises(ServiceUnavailable) as refused:
+        await client.admit("k", 1)
+    assert refused.value.retry_after_s == 1
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            decision = await client.admit("k", 1)
+            break
+        except ServiceUnavailable:
+            assert time.monotonic() < deadline, "the client never found the limiter again"
+            await asyncio.sleep(0.2)
+    assert decision is not None and decision.allowed
+    new = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
+    assert new._actor_id.binary() != old_id
+
+
+async def test_jobs_wait_for_tokens_in_burst_sized_pieces(serve_instance: str) -> None:
+    client = RateLimitClient(client_config("closed"), app_name="jobs-wait-test")
+    assert client.connect()
+    started = time.monotonic()
+    await client.acquire_wait("job-owner", 35)  # 10 at once, then 25 more at 20/s
+    waited = time.monotonic() - started
+    assert 1.2 <= waited < 10, waited
+    # The bucket is empty now: an interactive request from the same client is refused.
+    decision = await client._try_acquire("job-owner", 5)
+    assert not decision.allowed
+
+
+async def test_no_limit_when_not_enabled(zsc_url: str) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+        answer = await client.post(f"{zsc_url}/v1/classify", json={"text": "a", "labels": "x,y"})
+    assert answer.status_code == 200
+    assert "RateLimit" not in answer.headers and "RateLimit-Policy" not in answer.headers
