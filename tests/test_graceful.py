@@ -1,0 +1,96 @@
+"""Graceful shutdown: requests in flight when replicas are replaced still get their answers.
+
+A redeploy that changes the replicas' resources makes Serve start new Ingress and Classifier
+replicas and stop the old ones; each stopping replica leaves the routing table, then drains what
+it holds (`graceful_shutdown_timeout_s`). Steady load runs across the whole switch, so requests
+are in flight on the old replicas when they are told to stop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
+
+import httpx
+import pytest
+from ray.util.state import list_actors
+
+pytestmark = pytest.mark.ray
+
+APP = "graceful"
+BODY = {
+    "texts": [f"Report {i}: the council approved the new stadium budget." for i in range(16)],
+    "labels": ["sports", "politics", "finance", "weather"],
+}
+CLIENTS = 4
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def live_replicas(app: str) -> set[str]:
+    """Actor ids of the app's live replicas (Serve names their class ServeReplica:app:deployment)."""
+    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+    return {a.actor_id for a in actors if a.class_name.startswith(f"ServeReplica:{APP}:")}
+
+
+class SteadyLoad:
+    """CLIENTS threads, each sending one request after another until stopped."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.outcomes: Counter = Counter()
+        self.done = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+
+    def __enter__(self) -> "SteadyLoad":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=180)
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=120) as client:
+            while not self._stop.is_set():
+                try:
+                    outcome: int | str = client.post(f"{self.url}/v1/classify", json=BODY).status_code
+                except httpx.HTTPError as exc:  # a dropped connection is a lost request
+                    outcome = type(exc).__name__
+                with self._lock:
+                    self.outcomes[outcome] += 1
+                    self.done += 1
+
+
+def test_inflight_requests_finish_across_a_redeploy(deploy_app) -> None:
+    url = deploy_app(APP, classifier={"num_cpus": 0.5}, ingress={"num_cpus": 0.1})
+    old = live_replicas(APP)
+    assert len(old) == 2
+
+    with SteadyLoad(url) as load:
+        wait_for(lambda: load.done >= 2 * CLIENTS, 120, "load to start")
+        # New resources: Serve replaces every replica (rolling), under load.
+        deploy_app(APP, classifier={"num_cpus": 0.4}, ingress={"num_cpus": 0.05})
+        wait_for(lambda: not (live_replicas(APP) & old), 180, "the old replicas to stop")
+        new = live_replicas(APP)
+        at_switch = load.done
+        wait_for(lambda: load.done >= at_switch + 2 * CLIENTS, 120, "load on the new replicas")
+
+    assert len(new) == 2 and not (new & old)
+    assert load.outcomes == Counter({200: load.done}), load.outcomes
