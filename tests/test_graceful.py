@@ -9,14 +9,12 @@ are in flight on the old replicas when they are told to stop.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
-from typing import TypeVar
 
 import httpx
 import pytest
-from ray.util.state import list_actors
+
+from live import replica_names, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -26,23 +24,13 @@ BODY = {
     "labels": ["sports", "politics", "finance", "weather"],
 }
 CLIENTS = 4
-T = TypeVar("T")
+# Jobs are off: the JobRunner is not on the request path this test is about.
+BEFORE = {"classifier": {"num_cpus": 0.5}, "ingress": {"num_cpus": 0.1}, "jobs": {"enabled": False}}
+AFTER = {"classifier": {"num_cpus": 0.4}, "ingress": {"num_cpus": 0.05}, "jobs": {"enabled": False}}
 
 
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def live_replicas(app: str) -> set[str]:
-    """Actor ids of the app's live replicas (Serve names their class ServeReplica:app:deployment)."""
-    actors = list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-    return {a.actor_id for a in actors if a.class_name.startswith(f"ServeReplica:{APP}:")}
+def serving_replicas() -> set[str]:
+    return replica_names(APP, "Ingress") | replica_names(APP, "Classifier")
 
 
 class SteadyLoad:
@@ -79,16 +67,16 @@ class SteadyLoad:
 
 
 def test_inflight_requests_finish_across_a_redeploy(deploy_app) -> None:
-    url = deploy_app(APP, classifier={"num_cpus": 0.5}, ingress={"num_cpus": 0.1})
-    old = live_replicas(APP)
+    url = deploy_app(APP, **BEFORE)
+    old = serving_replicas()
     assert len(old) == 2
 
     with SteadyLoad(url) as load:
         wait_for(lambda: load.done >= 2 * CLIENTS, 120, "load to start")
         # New resources: Serve replaces every replica (rolling), under load.
-        deploy_app(APP, classifier={"num_cpus": 0.4}, ingress={"num_cpus": 0.05})
-        wait_for(lambda: not (live_replicas(APP) & old), 180, "the old replicas to stop")
-        new = live_replicas(APP)
+        deploy_app(APP, **AFTER)
+        wait_for(lambda: not (serving_replicas() & old), 180, "the old replicas to stop")
+        new = serving_replicas()
         at_switch = load.done
         wait_for(lambda: load.done >= at_switch + 2 * CLIENTS, 120, "load on the new replicas")
 

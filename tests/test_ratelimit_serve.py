@@ -130,7 +130,6 @@ async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(rl_url:
     # polling were handed out (only the last partial request's worth may be left over).
     asking = max(a.sent for a in state.answers) - state.start
     assert admitted >= 0.9 * (BURST + RATE * asking), (admitted, asking)
-    print("DBG", admitted, BURST + RATE * elapsed, BURST + RATE * asking, len(state.answers))
 
 
 async def test_a_client_that_waits_retry_after_succeeds(rl_url: str) -> None:

@@ -7,16 +7,16 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import ray
 
+from live import wait_for
 from serve_app.auth import SCHEME_NAME, hash_key
 
 pytestmark = pytest.mark.ray
@@ -28,21 +28,10 @@ WRONG = "wrong-" + secrets.token_hex(12)
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT_S = 2.0
 CLASSIFY = {"text": "The striker scored twice.", "labels": ["sports", "cooking"]}
-T = TypeVar("T")
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,78 @@
+"""Every config validates: Serve's schema, our typed args, and KubeRay's CRD schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import AppConfig
+from serve_app.kube import MANIFEST, render_manifest, serve_config_v2
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT.parent / "shared" / "k8s-schemas" / "ray.io_rayservices.yaml"
+CONFIGS = sorted([*ROOT.glob("configs/*.yaml"), ROOT / "deploy_config.yaml"])
+
+
+def test_there_is_a_cpu_a_gpu_a_test_and_a_cluster_config() -> None:
+    names = {p.name for p in CONFIGS}
+    assert {"serve_config.yaml", "serve_config_gpu.yaml", "serve_config_test.yaml", "deploy_config.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_validates_against_serve_and_app_args(path: Path) -> None:
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = schema.applications
+    assert app.name == "zsc" and app.route_prefix == "/"
+    assert app.import_path == "serve_app.app:build_app"
+    AppConfig.model_validate(app.args)
+
+
+def test_gpu_config_shares_one_gpu_in_quarters_at_fp16() -> None:
+    args = yaml.safe_load((ROOT / "configs/serve_config_gpu.yaml").read_text())["applications"][0]["args"]
+    config = AppConfig.model_validate(args)
+    assert config.classifier.num_gpus == 0.25 and config.dtype == "float16"
+
+
+def test_cluster_config_autoscales_limits_and_keeps_jobs_on_a_volume() -> None:
+    app = yaml.safe_load((ROOT / "deploy_config.yaml").read_text())["applications"][0]
+    config = AppConfig.model_validate(app["args"])
+    assert config.rate_limit.enabled
+    assert config.jobs.db_path.startswith("/data/")
+    classifier = next(d for d in app["deployments"] if d["name"] == "Classifier")
+    scaling = classifier["autoscaling_config"]
+    assert scaling["min_replicas"] < scaling["max_replicas"] and scaling["target_ongoing_requests"] > 0
+
+
+def _rayservice() -> dict:
+    docs = list(yaml.safe_load_all(MANIFEST.read_text()))
+    return next(d for d in docs if d["kind"] == "RayService")
+
+
+def test_rayservice_validates_against_the_kuberay_crd() -> None:
+    crd = yaml.safe_load(CRD.read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    jsonschema.validate(_rayservice(), version["schema"]["openAPIV3Schema"])
+
+
+def test_rayservice_has_head_cpu_and_gpu_groups() -> None:
+    cluster = _rayservice()["spec"]["rayClusterConfig"]
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert {"cpu-workers", "gpu-workers"} <= set(groups)
+    gpu = groups["gpu-workers"]["template"]["spec"]["containers"][0]
+    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert cluster["rayVersion"] == "2.60.0"
+
+
+def test_serve_config_v2_is_generated_from_deploy_config() -> None:
+    assert _rayservice()["spec"]["serveConfigV2"] == serve_config_v2()
+    assert yaml.safe_load(serve_config_v2()) == yaml.safe_load((ROOT / "deploy_config.yaml").read_text())
+    assert MANIFEST.read_text() == render_manifest(), "k8s/rayservice.yaml is stale: run `zsc k8s render`"
+
+
+def test_the_image_is_built_on_ray_2_60() -> None:
+    dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
+    assert "rayproject/ray:2.60.0" in dockerfile
