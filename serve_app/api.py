@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,6 +111,17 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("serve error while answering: %s", exc)
         return JSONResponse(
             error_body("unavailable", "a replica failed while answering; retry after 1 second"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    # A Classifier or JobRunner replica died or became unreachable while answering (a crash, a
+    # node loss, ray.kill): Serve replaces it within seconds, so the same request will pass then.
+    @app.exception_handler(RayActorError)
+    async def _replica_died(_: Request, exc: RayActorError) -> JSONResponse:
+        log.warning("replica died while answering: %s", type(exc).__name__)
+        return JSONResponse(
+            error_body("unavailable", "a replica died while answering; retry after 1 second"),
             status_code=503,
             headers={"Retry-After": "1"},
         )

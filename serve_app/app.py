@@ -35,9 +35,16 @@ def _deployment_options(scale: Any) -> dict[str, Any]:
         # A stopping replica leaves the routing table, then answers what it holds before Ray
         # kills it (the drain is checked every graceful_shutdown_wait_loop_s, Serve's 2 s).
         "graceful_shutdown_timeout_s": scale.graceful_shutdown_timeout_s,
-        "ray_actor_options": {"num_cpus": scale.num_cpus, "num_gpus": scale.num_gpus},
+        "ray_actor_options": {
+            "num_cpus": scale.num_cpus,
+            "num_gpus": scale.num_gpus,
+            "resources": dict(scale.resources),
+        },
     }
-    if scale.num_replicas == "auto":
+    if scale.autoscaling is not None:
+        # Serve sizes the deployment itself; it refuses num_replicas next to autoscaling_config.
+        options["autoscaling_config"] = scale.autoscaling.model_dump(exclude_none=True)
+    elif scale.num_replicas == "auto":
         options["num_replicas"] = "auto"
     else:
         options["num_replicas"] = scale.num_replicas

@@ -22,6 +22,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from serve_app.batch import (
+    BatchError,
+    BatchSettings,
+    BatchSummary,
+    done_rows,
+    read_rows,
+    run_batch,
+)
 from serve_app.config import DEFAULT_TEMPLATE
 from serve_app.http_client import (
     DEFAULT_URL,
@@ -36,7 +44,8 @@ job_app = typer.Typer(help="Large inputs as server-side jobs (POST /v1/jobs).", 
 app.add_typer(job_app, name="job")
 
 out_console = Console()
-err_console = Console(stderr=True)
+# Messages may hold long paths: let the terminal wrap them, so they stay greppable lines.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass(frozen=True)
@@ -147,9 +156,9 @@ def batch(
         20, "--retries", min=0, help="Resends of a request refused with 429/503, each after Retry-After."
     ),
 ) -> None:
-    """Classify every row of a file, with a progress bar; rerun the same command to resume."""
-    from serve_app.batch import BatchError, BatchSettings, done_rows, read_rows, run_batch
+    """Classify every row of a file, with a progress bar; rerun the same command to resume.
 
+    Exits 1 when some rows were refused (their lines hold an "error" instead of a "result")."""
     conn: Connection = ctx.obj
     try:
         rows = read_rows(file, text_field, id_field)
@@ -168,7 +177,7 @@ def batch(
     )
     task = progress.add_task("rows", total=len(rows), completed=len(rows) - len(pending))
 
-    async def run() -> Any:
+    async def run() -> BatchSummary:
         async with AsyncZeroShotClient(
             conn.url,
             api_key=conn.api_key,
@@ -189,18 +198,15 @@ def batch(
         raise typer.Exit(130) from None
     warn(summary.warning)
     skipped = f", {len(rows) - len(pending)} already there" if len(pending) < len(rows) else ""
-    err_console.print(
-        f"wrote {summary.written} rows to {out} ({summary.errors} errors{skipped})", highlight=False
-    )
+    errors = f"{summary.errors} error" + ("" if summary.errors == 1 else "s")
+    err_console.print(f"wrote {summary.written} rows to {out} ({errors}{skipped})", highlight=False)
     if summary.errors:
         raise typer.Exit(1)
 
 
 def _job_texts(file: Path | None, texts: list[str] | None, text_field: str) -> list[str]:
-    from serve_app.batch import BatchError, read_rows
-
     if (file is None) == (not texts):
-        raise fail("give a FILE or one or more --text, not both")
+        raise fail("give either a FILE or --text (one or more), not both")
     if file is None:
         return list(texts or [])
     try:
@@ -214,10 +220,11 @@ def _job_texts(file: Path | None, texts: list[str] | None, text_field: str) -> l
 
 
 def _describe_job(job: dict[str, Any]) -> str:
-    progress = job.get("progress")
-    if isinstance(progress, dict):
-        progress = ", ".join(f"{key}={value}" for key, value in progress.items())
-    return f"job {job.get('id')}: {job.get('state')}" + (f" ({progress})" if progress else "")
+    progress = job["progress"]
+    line = f"job {job['id']}: {job['state']}, {progress['completed_texts']}/{progress['total_texts']} texts"
+    if job.get("error"):
+        line += f"; {job['error']['type']}: {job['error']['message']}"
+    return line
 
 
 @job_app.command("submit")
@@ -280,6 +287,9 @@ def job_wait(
         None, "--out", "-o", help="Write one JSON line per result ({row, result}) here."
     ),
     timeout_s: float | None = typer.Option(None, "--wait-timeout", help="Give up after this many seconds."),
+    page_size: int | None = typer.Option(
+        None, "--page-size", min=1, help="Results per request (default: the service's page size)."
+    ),
 ) -> None:
     """Wait until a job ends, then print it with all its results (or write them with -o).
 
@@ -287,7 +297,7 @@ def job_wait(
     conn: Connection = ctx.obj
     with reported_errors(conn.url), conn.client() as client:
         try:
-            job = client.wait_job(job_id, timeout_s=timeout_s)
+            job = client.wait_job(job_id, timeout_s=timeout_s, page_size=page_size)
         except TimeoutError as exc:
             raise fail(str(exc)) from None
     if out is None:
@@ -295,10 +305,16 @@ def job_wait(
     else:
         with out.open("w", encoding="utf-8") as f:
             for row, result in enumerate(job["results"]):
-                f.write(json.dumps({"row": row, "result": result}, ensure_ascii=False) + "\n")
-        err_console.print(f"{_describe_job(job)}: wrote {len(job['results'])} rows to {out}", highlight=False)
-    if job.get("state") != "succeeded":
-        err_console.print(f"{_describe_job(job)}: {job.get('error') or 'did not succeed'}", highlight=False)
+                # null marks a text the job never ran (it was cancelled or failed first).
+                record = (
+                    {"row": row, "result": result}
+                    if result is not None
+                    else {"row": row, "error": {"type": "not_run", "message": f"the job ended ({job['state']}) first"}}
+                )
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        err_console.print(f"wrote {len(job['results'])} rows to {out}", highlight=False)
+    err_console.print(_describe_job(job), highlight=False)
+    if job["state"] != "succeeded":
         raise typer.Exit(1)
 
 
@@ -311,11 +327,15 @@ def job_cancel(ctx: typer.Context, job_id: str = typer.Argument(..., help="The j
 
 
 @job_app.command("list")
-def job_list(ctx: typer.Context) -> None:
+def job_list(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, "--limit", min=1, help="Jobs per page."),
+    cursor: str | None = typer.Option(None, "--cursor", help="next_cursor of the previous page."),
+) -> None:
     """List jobs, newest first, as JSON."""
     conn: Connection = ctx.obj
     with reported_errors(conn.url), conn.client() as client:
-        print_json(client.list_jobs())
+        print_json(client.list_jobs(limit, cursor))
 
 
 @app.command("make-test-model")
@@ -341,6 +361,28 @@ def make_test_model(
         seed=seed,
     )
     typer.echo(f"wrote a random-weight NLI test model to {path} (its scores are random)")
+
+
+@app.command("hash-key")
+def hash_key_command(
+    key: str | None = typer.Argument(
+        None, help="The key. Omit it to type it hidden, or pipe it in: then it stays out of "
+        "shell history."
+    ),
+) -> None:
+    """Print an API key's 'sha256:<hex>' form for auth.api_key_hashes (the server keeps no keys)."""
+    import getpass
+    import sys
+
+    from serve_app.auth import hash_key
+
+    if key is None:
+        # getpass prompts on the terminal, so stdout carries only the hash.
+        key = getpass.getpass("API key: ") if sys.stdin.isatty() else sys.stdin.readline()
+    key = key.rstrip("\r\n")
+    if not key:
+        raise fail("no key given")
+    typer.echo(hash_key(key))
 
 
 def main() -> None:

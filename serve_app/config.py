@@ -142,10 +142,58 @@ class AuthConfig(_Section):
     )
 
 
+class AutoscalingSettings(_Section):
+    """Serve's request-based autoscaler for one deployment (its `autoscaling_config`)."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle (0 scales to zero).")
+    max_replicas: int = Field(4, ge=1, description="Upper bound under load.")
+    initial_replicas: int | None = Field(
+        None, ge=0, description="Replicas at deploy time; default = min_replicas."
+    )
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Requests in flight (running + queued) each replica aims for."
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long load must stay high before replicas are added."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long load must stay low before replicas are removed."
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window the ongoing-request metric is averaged over."
+    )
+    metrics_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often replicas and handles report their load to Serve's controller "
+        "(deprecated by Serve in favour of env vars, still honoured by 2.60); keep it below "
+        "look_back_period_s.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> "AutoscalingSettings":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("autoscaling.max_replicas must be >= min_replicas")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("autoscaling.initial_replicas must lie in [min_replicas, max_replicas]")
+        return self
+
+
 class DeploymentScale(_Section):
     num_replicas: int | Literal["auto"] = 1
+    autoscaling: AutoscalingSettings | None = Field(
+        None,
+        description="Scale between min and max replicas on load; num_replicas is then unused.",
+    )
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica needs, which pins it to the nodes that "
+        "offer them (e.g. {'gpu_a100': 1} or a resource given to `ray start --resources`).",
+    )
     max_ongoing_requests: int = Field(64, ge=1)
     graceful_shutdown_timeout_s: float = Field(
         120.0,
@@ -153,6 +201,16 @@ class DeploymentScale(_Section):
         description="How long a stopping replica (scale-down, redeploy) may finish its in-flight "
         "requests before it is killed; cover the slowest request a full queue can hold.",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> "DeploymentScale":
+        # Serve refuses a fixed num_replicas next to an autoscaling_config; say so at validation.
+        # The default (1) is allowed, so a dumped config validates again (the Ingress does that).
+        if self.autoscaling is not None and self.num_replicas != 1:
+            raise ValueError(
+                f"num_replicas={self.num_replicas!r} conflicts with autoscaling; remove one"
+            )
+        return self
 
 
 class AppConfig(ModelConfig):

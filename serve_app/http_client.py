@@ -162,28 +162,21 @@ def _idempotency_headers(key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 
-def _results_page_params(page: int, page_size: int | None) -> dict[str, int]:
+def _page_params(page: int, page_size: int | None) -> dict[str, int]:
     params = {"page": page}
     if page_size is not None:
         params["page_size"] = page_size
     return params
 
 
-def _next_page(page_body: Mapping[str, Any], page: int, collected: int) -> int | None:
-    """The results page to fetch after `page`, or None when every result is in hand.
+def _list_params(limit: int | None, cursor: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("limit", limit), ("cursor", cursor)) if v is not None}
 
-    Follows `next_page` when the server names it; otherwise stops at an empty page or once
-    `total_results` (when given) are collected.
-    """
-    if not page_body.get("results"):
-        return None
-    if "next_page" in page_body:
-        nxt = page_body["next_page"]
-        return int(nxt) if nxt is not None else None
-    total = page_body.get("total_results")
-    if isinstance(total, int) and collected >= total:
-        return None
-    return page + 1
+
+def _has_more(job: Mapping[str, Any]) -> bool:
+    """Whether an ended job's `results_page` says more result pages follow this one."""
+    page = job.get("results_page") or {}
+    return bool(page.get("has_more"))
 
 
 class _Poll:
@@ -276,15 +269,16 @@ class ZeroShotClient:
     def get_job(
         self, job_id: str, page: int | None = None, page_size: int | None = None
     ) -> dict[str, Any]:
-        params = {} if page is None else _results_page_params(page, page_size)
+        """`GET /v1/jobs/{id}`: state and progress; once ended, one page of results."""
+        params = {} if page is None else _page_params(page, page_size)
         return self._request("GET", f"/v1/jobs/{job_id}", params=params)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel")
 
-    def list_jobs(self, **params: Any) -> dict[str, Any]:
-        """`GET /v1/jobs`, newest first; `params` pass through as the query string."""
-        return self._request("GET", "/v1/jobs", params=params)
+    def list_jobs(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        """`GET /v1/jobs`: `{"data": [jobs, newest first], "next_cursor"}`."""
+        return self._request("GET", "/v1/jobs", params=_list_params(limit, cursor))
 
     def wait_job(
         self,
@@ -294,19 +288,22 @@ class ZeroShotClient:
         timeout_s: float | None = None,
         page_size: int | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is terminal; return it with every results page joined."""
+        """Poll until the job has ended; return it with every page of results joined.
+
+        Results are in the order of the submitted texts; after a cancel or a failure, a text
+        that never ran is None."""
         poll = _Poll(poll_interval_s, max_poll_interval_s, timeout_s)
-        job = self.get_job(job_id)
-        while job.get("state") not in TERMINAL_STATES:
+        # Asking for page 1 on every poll makes the first answer after the end carry it.
+        job = self.get_job(job_id, 1, page_size)
+        while job["state"] not in TERMINAL_STATES:
             time.sleep(poll.next_wait(job_id))
-            job = self.get_job(job_id)
-        results: list[Any] = []
-        page: int | None = 1
-        while page is not None:
-            body = self.get_job(job_id, page=page, page_size=page_size)
-            results.extend(body.get("results") or [])
-            page = _next_page(body, page, len(results))
-        return {**job, "results": results}
+            job = self.get_job(job_id, 1, page_size)
+        results = list(job.get("results") or [])
+        page = job
+        while _has_more(page):
+            page = self.get_job(job_id, page["results_page"]["page"] + 1, page_size)
+            results.extend(page.get("results") or [])
+        return {**job, "results": results, "results_page": None}
 
 
 class AsyncZeroShotClient:
@@ -383,14 +380,14 @@ class AsyncZeroShotClient:
     async def get_job(
         self, job_id: str, page: int | None = None, page_size: int | None = None
     ) -> dict[str, Any]:
-        params = {} if page is None else _results_page_params(page, page_size)
+        params = {} if page is None else _page_params(page, page_size)
         return await self._request("GET", f"/v1/jobs/{job_id}", params=params)
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return await self._request("POST", f"/v1/jobs/{job_id}/cancel")
 
-    async def list_jobs(self, **params: Any) -> dict[str, Any]:
-        return await self._request("GET", "/v1/jobs", params=params)
+    async def list_jobs(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        return await self._request("GET", "/v1/jobs", params=_list_params(limit, cursor))
 
     async def wait_job(
         self,
@@ -401,17 +398,16 @@ class AsyncZeroShotClient:
         page_size: int | None = None,
     ) -> dict[str, Any]:
         poll = _Poll(poll_interval_s, max_poll_interval_s, timeout_s)
-        job = await self.get_job(job_id)
-        while job.get("state") not in TERMINAL_STATES:
+        job = await self.get_job(job_id, 1, page_size)
+        while job["state"] not in TERMINAL_STATES:
             await asyncio.sleep(poll.next_wait(job_id))
-            job = await self.get_job(job_id)
-        results: list[Any] = []
-        page: int | None = 1
-        while page is not None:
-            body = await self.get_job(job_id, page=page, page_size=page_size)
-            results.extend(body.get("results") or [])
-            page = _next_page(body, page, len(results))
-        return {**job, "results": results}
+            job = await self.get_job(job_id, 1, page_size)
+        results = list(job.get("results") or [])
+        page = job
+        while _has_more(page):
+            page = await self.get_job(job_id, page["results_page"]["page"] + 1, page_size)
+            results.extend(page.get("results") or [])
+        return {**job, "results": results, "results_page": None}
 
 
 __all__ = [

@@ -105,3 +105,14 @@ def test_health_and_docs_stay_open_and_declare_the_scheme(client: TestClient) ->
     assert "401" in spec["paths"]["/v1/echo"]["post"]["responses"]
     assert "security" not in spec["paths"]["/healthz"]["get"]
     assert client.get("/myapp/openapi.json").json() == spec  # built once, stays the same
+
+
+def test_zsc_hash_key_prints_only_the_configured_form() -> None:
+    from typer.testing import CliRunner
+
+    from serve_app.cli import app
+
+    piped = CliRunner().invoke(app, ["hash-key"], input="abc\n")
+    assert piped.exit_code == 0 and piped.stdout == hash_key("abc") + "\n"
+    assert CliRunner().invoke(app, ["hash-key", "abc"]).stdout == hash_key("abc") + "\n"
+    AuthConfig(api_key_hashes={"x": piped.stdout.strip()})

@@ -1,0 +1,152 @@
+"""The web page in real headless Chromium: type, submit, and see bars that follow the scores.
+
+Playwright drives Debian's /usr/bin/chromium (`make browser` installs it); it never downloads
+a browser, and a missing Chromium fails these tests rather than skipping them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+
+pytestmark = [pytest.mark.browser, pytest.mark.ray]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TEXTS = ["The new phone's battery lasts two days.", "Our team won the final after penalties."]
+LABELS = "technology, sports, politics, weather"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+def fill_form(page: Page, texts: list[str], labels: str, template: str | None = None) -> None:
+    page.fill("#texts", "\n".join(texts))
+    page.fill("#labels", labels)
+    if template is not None:
+        page.fill("#template", template)
+    page.click("#submit")
+
+
+def drawn_bars(page: Page) -> list[list[dict[str, Any]]]:
+    """Per result card, its bars in page order: label, score, number shown, filled fraction."""
+    return page.eval_on_selector_all(
+        "article.result",
+        """cards => cards.map(card => [...card.querySelectorAll("li.bar")].map(li => ({
+            label: li.dataset.label,
+            score: Number(li.dataset.score),
+            shown: li.querySelector(".value").textContent,
+            fraction: li.querySelector(".fill").getBoundingClientRect().width
+                      / li.querySelector(".track").getBoundingClientRect().width,
+        })))""",
+    )
+
+
+def test_bars_follow_the_scores(page: Page, zsc_url: str) -> None:
+    model = httpx.get(f"{zsc_url}/v1/model", timeout=30).json()
+    page.goto(f"{zsc_url}/")
+    expect(page.locator("#model-name")).to_have_text(model["model"])
+    warning = page.locator("#model-warning")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("random")
+
+    fill_form(page, TEXTS, LABELS)
+    expect(page.locator("article.result")).to_have_count(len(TEXTS))
+    direct = httpx.post(
+        f"{zsc_url}/v1/classify", json={"texts": TEXTS, "labels": LABELS}, timeout=30
+    ).json()
+
+    for card, result in zip(drawn_bars(page), direct["results"], strict=True):
+        assert [bar["label"] for bar in card] == result["labels"]
+        scores = [bar["score"] for bar in card]
+        assert scores == sorted(scores, reverse=True)
+        for bar, score in zip(card, result["scores"], strict=True):
+            assert bar["score"] == pytest.approx(score, abs=1e-5)
+            assert bar["fraction"] == pytest.approx(score, abs=0.01)
+            assert bar["shown"] == f"{score * 100:.1f}%"
+    assert page.locator("article.result h2").all_text_contents() == TEXTS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
+
+
+@pytest.mark.parametrize(
+    ("labels", "template"),
+    [("", "This example is {}."), ("urgent, not urgent", "No slot for the label.")],
+    ids=["empty_labels", "template_without_braces"],
+)
+def test_errors_show_the_service_message(page: Page, zsc_url: str, labels: str, template: str) -> None:
+    answer = httpx.post(
+        f"{zsc_url}/v1/classify",
+        json={"texts": TEXTS[:1], "labels": labels, "hypothesis_template": template},
+        timeout=30,
+    )
+    assert answer.status_code == 422
+    page.goto(f"{zsc_url}/")
+    fill_form(page, TEXTS[:1], labels, template)
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(answer.json()["error"]["message"])
+    expect(page.locator("article.result")).to_have_count(0)
+
+
+def test_relative_urls_under_a_prefix_and_429(page: Page, zsc_url: str) -> None:
+    """Serve the page under /mounted/: every call must go below it; a 429 says when to retry."""
+    html = httpx.get(f"{zsc_url}/", timeout=30).text
+    model = httpx.get(f"{zsc_url}/v1/model", timeout=30).json()["model"]
+    seen: list[str] = []
+
+    def handle(route: Route) -> None:
+        path = route.request.url.removeprefix(zsc_url)
+        seen.append(path)
+        if path == "/mounted/":
+            route.fulfill(status=200, content_type="text/html", body=html)
+        elif path == "/mounted/v1/classify":
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "7"},
+                content_type="application/json",
+                body='{"error": {"type": "rate_limited", "message": "over 10 pairs per second"}}',
+            )
+        else:  # the app itself answers everything else, as it would under a real prefix
+            route.fulfill(response=route.fetch(url=zsc_url + path.removeprefix("/mounted")))
+
+    page.route(f"{zsc_url}/**", handle)
+    page.goto(f"{zsc_url}/mounted/")
+    expect(page.locator("#model-name")).to_have_text(model)
+    fill_form(page, TEXTS[:1], LABELS)
+    error = page.locator("#error")
+    expect(error).to_contain_text("retry in 7 seconds")
+    expect(error).to_contain_text("over 10 pairs per second")
+    expect(page.locator("#submit")).to_be_disabled()
+    assert "/mounted/v1/model" in seen and "/mounted/v1/classify" in seen
+    assert all(path.startswith("/mounted/") for path in seen), seen
