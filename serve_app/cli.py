@@ -38,10 +38,12 @@ from serve_app.http_client import (
     ZeroShotClient,
     ZscHTTPError,
 )
+from serve_app.kube import kube_app
 
 app = typer.Typer(help="zsc: zero-shot text classification on Ray Serve.", no_args_is_help=True)
 job_app = typer.Typer(help="Large inputs as server-side jobs (POST /v1/jobs).", no_args_is_help=True)
 app.add_typer(job_app, name="job")
+app.add_typer(kube_app, name="k8s")
 
 out_console = Console()
 # Messages may hold long paths: let the terminal wrap them, so they stay greppable lines.

@@ -40,7 +40,9 @@ BODY = {
     "labels": ["sports", "politics", "finance", "weather"],
 }
 CLIENTS = 24  # requests in flight: 8 per replica even at the maximum, well above the target
-LOAD_LIMIT_S = 75.0  # the load stops after this long even if the maximum is never reached
+GROW_TIMEOUT_S = 120.0  # for the second replica to run (required)
+MAX_TIMEOUT_S = 30.0  # then for the third (waited for, not required: replica start is slow here)
+LOAD_LIMIT_S = GROW_TIMEOUT_S + MAX_TIMEOUT_S + 60  # a safety stop for the load thread
 
 
 class Load:
@@ -98,34 +100,34 @@ def test_classifier_scales_up_under_load_and_back_down(deploy_app) -> None:
     )
     assert classifier_states() == {"RUNNING": MIN_REPLICAS}
 
-    seen: list[dict[str, int]] = []
+    seen: list[tuple[float, dict[str, int]]] = []  # (seconds into the load, states) on change
+
+    def running_at_least(n: int) -> bool:
+        states = classifier_states()
+        if not seen or seen[-1][1] != states:
+            seen.append((round(time.monotonic() - load_started, 1), states))
+        return states.get("RUNNING", 0) >= n
+
     with Load(url) as load:
         wait_for(lambda: load.done >= CLIENTS, 60, "the load to start")
         load_started = time.monotonic()
-
-        changes: list[tuple[float, dict[str, int]]] = []  # (seconds into the load, states)
-
-        def grown_to_max() -> bool:
-            seen.append(classifier_states())
-            if not changes or changes[-1][1] != seen[-1]:
-                changes.append((round(time.monotonic() - load_started, 1), seen[-1]))
-            return seen[-1].get("RUNNING", 0) >= MAX_REPLICAS
-
-        # Full growth to the maximum is what we wait for; on a busy 2-core machine growing
-        # above one replica (checked below) is what must happen.
+        # The autoscaler decides within seconds; a new replica then starts a worker process
+        # and loads the model, which takes 20-30 s on a busy 2-core machine.
+        wait_for(lambda: running_at_least(MIN_REPLICAS + 1), GROW_TIMEOUT_S,
+                 "a second running Classifier replica", 0.5)
         try:
-            wait_for(grown_to_max, LOAD_LIMIT_S - 15, "the Classifier to reach max_replicas", 0.5)
+            wait_for(lambda: running_at_least(MAX_REPLICAS), MAX_TIMEOUT_S,
+                     "the Classifier to reach max_replicas", 0.5)
         except AssertionError:
-            pass
-        served_under_load = load.done
-        print(f"load ran {time.monotonic() - load_started:.1f} s; replica states: {changes}")
+            pass  # reported by the assertions below, with what was seen
+        print(f"load ran {time.monotonic() - load_started:.1f} s; replica states: {seen}")
 
-    peak = max(states.get("RUNNING", 0) for states in seen)
-    print(f"under load: peak {peak} running, {load.done} requests {dict(load.outcomes)}")
-    assert peak > MIN_REPLICAS, f"the Classifier never grew past {MIN_REPLICAS} replica: {seen}"
-    assert all(sum(states.values()) <= MAX_REPLICAS for states in seen), seen
-    assert served_under_load > 0
+    print(f"requests under load: {dict(load.outcomes)}")
     assert set(load.outcomes) == {200}, load.outcomes
+    # Grew towards the max: Serve asked for max_replicas (running or starting), never more.
+    totals = [sum(states.values()) for _, states in seen]
+    assert max(totals) == MAX_REPLICAS, seen
+    assert max(states.get("RUNNING", 0) for _, states in seen) > MIN_REPLICAS, seen
 
     # No load: the ongoing-request average falls to 0 and Serve removes the extra replicas.
     load_stopped = time.monotonic()

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
+from ray import serve
+from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.config import AppConfig
-from serve_app.kube import MANIFEST, render_manifest, serve_config_v2
+from serve_app.app import _deployment_options
+from serve_app.config import AppConfig, DeploymentScale
+from serve_app.kube import (
+    JOBS_MOUNT,
+    JOBS_VOLUME,
+    MANIFEST,
+    render_manifest,
+    render_rayservice,
+    serve_config_v2,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT.parent / "shared" / "k8s-schemas" / "ray.io_rayservices.yaml"
+# The KubeRay CRD lives beside the clone (CI puts the same copy there); a missing copy is a
+# failure, never a skip, so the manifest cannot go unvalidated silently.
+CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s-schemas" / "ray.io_rayservices.yaml"
 CONFIGS = sorted([*ROOT.glob("configs/*.yaml"), ROOT / "deploy_config.yaml"])
 
 
@@ -41,10 +55,34 @@ def test_cluster_config_autoscales_limits_and_keeps_jobs_on_a_volume() -> None:
     app = yaml.safe_load((ROOT / "deploy_config.yaml").read_text())["applications"][0]
     config = AppConfig.model_validate(app["args"])
     assert config.rate_limit.enabled
-    assert config.jobs.db_path.startswith("/data/")
-    classifier = next(d for d in app["deployments"] if d["name"] == "Classifier")
-    scaling = classifier["autoscaling_config"]
-    assert scaling["min_replicas"] < scaling["max_replicas"] and scaling["target_ongoing_requests"] > 0
+    assert config.jobs.db_path.startswith(JOBS_MOUNT + "/")
+    scaling = config.classifier.autoscaling
+    assert scaling is not None
+    assert scaling.min_replicas < scaling.max_replicas and scaling.target_ongoing_requests > 0
+
+
+def test_autoscaling_and_resources_become_serve_options() -> None:
+    scale = DeploymentScale(
+        num_cpus=0.5,
+        resources={"zsc_worker": 1},
+        autoscaling={"min_replicas": 1, "max_replicas": 3, "upscale_delay_s": 1},
+    )
+    options = _deployment_options(scale)
+    assert "num_replicas" not in options  # Serve refuses it next to autoscaling_config
+    assert options["ray_actor_options"]["resources"] == {"zsc_worker": 1}
+    autoscaling = AutoscalingConfig(**options["autoscaling_config"])
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (1, 3)
+    assert autoscaling.upscale_delay_s == 1
+    # Serve's own option checks (no cluster needed) accept what we generate.
+    Deployment = serve.deployment(lambda: None)  # noqa: N806
+    Deployment.options(**options)
+
+
+def test_autoscaling_and_a_fixed_replica_count_conflict() -> None:
+    with pytest.raises(ValueError, match="conflicts with autoscaling"):
+        DeploymentScale(num_replicas=3, autoscaling={"max_replicas": 4})
+    with pytest.raises(ValueError, match="max_replicas"):
+        DeploymentScale(autoscaling={"min_replicas": 3, "max_replicas": 2})
 
 
 def _rayservice() -> dict:
@@ -53,6 +91,7 @@ def _rayservice() -> dict:
 
 
 def test_rayservice_validates_against_the_kuberay_crd() -> None:
+    assert CRD.is_file(), f"the KubeRay CRD schema is missing: expected {CRD}"
     crd = yaml.safe_load(CRD.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     jsonschema.validate(_rayservice(), version["schema"]["openAPIV3Schema"])
@@ -69,10 +108,43 @@ def test_rayservice_has_head_cpu_and_gpu_groups() -> None:
 
 def test_serve_config_v2_is_generated_from_deploy_config() -> None:
     assert _rayservice()["spec"]["serveConfigV2"] == serve_config_v2()
+    assert _rayservice() == render_rayservice(ROOT / "deploy_config.yaml")
     assert yaml.safe_load(serve_config_v2()) == yaml.safe_load((ROOT / "deploy_config.yaml").read_text())
     assert MANIFEST.read_text() == render_manifest(), "k8s/rayservice.yaml is stale: run `zsc k8s render`"
+
+
+def test_the_job_store_volume_is_mounted_on_the_head_where_db_path_points() -> None:
+    spec = _rayservice()["spec"]
+    args = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["args"]
+    head = spec["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    (mount,) = [m for m in head["containers"][0]["volumeMounts"] if m["name"] == JOBS_VOLUME]
+    assert Path(args["jobs"]["db_path"]).parent == Path(mount["mountPath"])
+    (volume,) = [v for v in head["volumes"] if v["name"] == JOBS_VOLUME]
+    claims = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d["kind"] == "PersistentVolumeClaim"]
+    assert volume["persistentVolumeClaim"]["claimName"] in {c["metadata"]["name"] for c in claims}
+
+
+def test_render_check_fails_on_a_stale_manifest(tmp_path: Path) -> None:
+    def check(out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "serve_app.kube", "render", "--check", "--out", str(out)],
+            capture_output=True, text=True, cwd=ROOT, timeout=120,
+        )
+
+    assert check(MANIFEST).returncode == 0
+    stale = tmp_path / "rayservice.yaml"
+    stale.write_text(MANIFEST.read_text() + "# a hand edit\n")
+    result = check(stale)
+    assert result.returncode != 0 and "stale" in result.stderr
 
 
 def test_the_image_is_built_on_ray_2_60() -> None:
     dockerfile = (ROOT / "k8s" / "Dockerfile").read_text()
     assert "rayproject/ray:2.60.0" in dockerfile
+
+
+def test_readme_configuration_table_matches_the_code() -> None:
+    from serve_app.config_docs import embed
+
+    readme = (ROOT / "README.md").read_text()
+    assert readme == embed(readme), "README's config table is stale: regenerate it (README, Configuration)"

@@ -195,4 +195,8 @@ def check_callback_url(url: str, allow_hosts: list[str]) -> ResolvedTarget:
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
-    return ResolvedTarget(scheme=scheme, host=host, port=port, ip=str(ips[0]), path_with_query=path)
+    ip = ips[0]
+    # ::ffff:a.b.c.d is a.b.c.d; connecting to the plain IPv4 form also works where IPv6 is off.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ResolvedTarget(scheme=scheme, host=host, port=port, ip=str(ip), path_with_query=path)
