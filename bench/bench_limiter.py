@@ -191,7 +191,8 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench_limiter-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"options": vars(opts), "summary": summary, "rounds": rounds}, indent=2))
+    report = {"options": vars(opts), "summary": summary, "rounds": rounds}
+    out.write_text(json.dumps(report, indent=2))
     print(f"  written to {out}")
 
 

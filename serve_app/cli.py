@@ -387,6 +387,28 @@ def hash_key_command(
     typer.echo(hash_key(key))
 
 
+@app.command("bench")
+def bench_command(
+    quick: bool = typer.Option(False, "--quick", help="A small run (under 2 minutes on an idle machine)."),
+    backend: str = typer.Option("torch", "--backend", help="torch (fp32) or int8: for (c), (d) and (e)."),
+    out: Path | None = typer.Option(None, "--out", help="Directory for JSON, Markdown and PNG (default: bench/results)."),
+) -> None:
+    """Benchmark the service against its peers and a raw batched forward (bench/bench.py; minutes)."""
+    import importlib.util
+
+    if backend not in ("torch", "int8"):
+        raise fail(f"--backend must be torch or int8, not {backend!r}")
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench.py"
+    if not script.is_file():
+        raise fail(f"{script} not found", "zsc bench runs from a source checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location("zsc_bench", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--backend", backend, *(["--quick"] if quick else []), *(["--out", str(out)] if out else [])]
+    raise typer.Exit(bench.main(argv))
+
+
 def main() -> None:
     app()
 

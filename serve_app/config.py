@@ -43,8 +43,32 @@ class ModelConfig(_Section):
     backend: Literal["torch", "int8"] = Field(
         "torch", description="int8 = dynamic int8 quantisation of Linear layers (CPU only)."
     )
+    # Thread placement (serve_app/model.py: thread_plan). On CPU the default runs one torch
+    # thread per sub-batch and as many sub-batches at once as the replica has CPUs (Ray's
+    # num_cpus): small single-threaded forwards beat one multi-threaded forward on this model.
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads per replica; default = the replica's CPUs."
+        None,
+        ge=1,
+        description="torch intra-op threads per forward; default 1 on CPU (forward_workers "
+        "sub-batches run at once instead).",
+    )
+    forward_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Sub-batches a replica runs at once on CPU; default = the replica's CPUs "
+        "divided by torch_threads.",
+    )
+    forward_tokens: int = Field(
+        1024,
+        ge=16,
+        description="Padded tokens (longest pair x pairs) of one forward sub-batch; a batch is "
+        "cut into length-sorted sub-batches of this size.",
+    )
+    result_cache_entries: int = Field(
+        0,
+        ge=0,
+        description="LRU cache of model outputs keyed by (model, template, text, label), in "
+        "entries (~200 bytes each); 0 = off. Repeated pairs then skip the model.",
     )
     max_length: int | None = Field(
         None, ge=8, description="Token window per pair; default = the tokenizer's model_max_length."

@@ -12,7 +12,8 @@ Things to know (DESIGN.md §5):
   handles by-value by default, so every call here asks for `_by_reference=True` itself.
 - `submit` blocks until a replica accepts the request (not until it answers); with every
   replica's queue full that wait can be long.
-- Callbacks of `submit` run on a Ray thread, not on yours: keep them short and thread-safe.
+- Callbacks of `submit` run on a Ray thread, not on yours (or at once in yours, if the future
+  is already done when the callback is added): keep them short and thread-safe.
   Inside a running event loop, use `submit_async`: its asyncio future settles on the loop (the
   result is handed over with `call_soon_threadsafe`), so its callbacks may touch asyncio state.
   `submit` also works inside a running loop (where Ray forbids the blocking

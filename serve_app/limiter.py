@@ -155,8 +155,8 @@ class RateLimitClient:
         if not decision.allowed:
             self._refused.inc(cost, tags=tags)
             raise RateLimited(
-                f"rate limit exceeded: this request costs {cost:g} {self.unit} and "
-                f"{decision.remaining:.0f} are left; retry after {decision.retry_after_s} s",
+                f"rate limit exceeded: this request costs {cost:g} {self.unit}, more than this "
+                f"client has left; retry after {decision.retry_after_s} s",
                 headers=decision.headers(),
             )
         self._admitted.inc(cost, tags=tags)

@@ -49,16 +49,17 @@ class Decision:
 
     @property
     def retry_after_s(self) -> int | None:
-        """Whole seconds, rounded up, until a retry of the same cost passes; None when it never will."""
+        """Whole seconds, rounded up, until a retry of this cost passes; None if it never will."""
         if self.allowed or math.isinf(self.wait_s):
             return None
         return max(1, math.ceil(self.wait_s))
 
     def headers(self) -> dict[str, str]:
         name = sf_string(self.policy)
+        remaining = math.floor(self.remaining + TOLERANCE)
         out = {
             "RateLimit-Policy": f"{name};q={sf_number(self.quota)};w={math.ceil(self.window_s)}",
-            "RateLimit": f"{name};r={math.floor(self.remaining + TOLERANCE)};t={math.ceil(self.reset_s)}",
+            "RateLimit": f"{name};r={remaining};t={math.ceil(self.reset_s)}",
         }
         retry_after = self.retry_after_s
         if retry_after is not None:
@@ -80,7 +81,8 @@ def sf_number(value: float) -> str:
 
 
 def policy_for(config: RateLimitConfig, key: str) -> tuple[str, RateLimitPolicy]:
-    """The policy that governs a client key, and its public name (the override's key or "default")."""
+    """The policy that governs a client key, and its public name (the override's key or
+    "default")."""
     override = config.overrides.get(key)
     if override is not None:
         return key, override
@@ -105,7 +107,7 @@ class TokenBucket:
         self.updated = max(self.updated, now)
 
     def time_until(self, cost: float) -> float:
-        """Seconds until the (refilled) bucket holds `cost`; infinite when cost exceeds the burst."""
+        """Seconds until the (refilled) bucket holds `cost`; infinite when cost > burst."""
         if cost > self.burst + TOLERANCE:
             return math.inf
         return max(0.0, (cost - self.tokens) / self.rate)

@@ -17,10 +17,8 @@ pytestmark = pytest.mark.ray
 
 LABELS = ["sports", "finance", "travel"]
 # Varied lengths, so the 100 requests do not all look alike to the batcher.
-TEXTS = [
-    f"Note {i}: " + " ".join(["the match went to penalties", "the bank raised rates", "our flight was late"][: 1 + i % 3]) * (1 + i % 4)
-    for i in range(100)
-]
+PHRASES = ["the match went to penalties", "the bank raised rates", "our flight was late"]
+TEXTS = [f"Note {i}: " + " ".join(PHRASES[: 1 + i % 3]) * (1 + i % 4) for i in range(100)]
 
 
 def assert_same_result(got: dict[str, Any], want: dict[str, Any]) -> None:
@@ -37,7 +35,8 @@ def assert_same_result(got: dict[str, Any], want: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def http_reference(zsc_url: str) -> dict[str, dict[str, Any]]:
     """What `POST /v1/classify` answers for TEXTS, keyed by text."""
-    response = httpx.post(f"{zsc_url}/v1/classify", json={"texts": TEXTS, "labels": LABELS}, timeout=120)
+    body = {"texts": TEXTS, "labels": LABELS}
+    response = httpx.post(f"{zsc_url}/v1/classify", json=body, timeout=120)
     assert response.status_code == 200, response.text
     return {result["sequence"]: result for result in response.json()["results"]}
 
@@ -121,7 +120,7 @@ async def test_the_asyncio_variant_settles_on_the_loop(zsc_handle, http_referenc
 
 
 async def test_submit_works_inside_a_running_loop(zsc_handle, http_reference) -> None:
-    """Ray forbids the blocking `_to_object_ref_sync` on a running loop; `submit` must not hit it."""
+    """Ray forbids the blocking `_to_object_ref_sync` on a running loop; `submit` avoids it."""
     text = TEXTS[7]
     future = submit(zsc_handle, [text], LABELS)
     assert isinstance(future, concurrent.futures.Future)

@@ -93,3 +93,122 @@ def test_other_label_maps_give_correct_scores(tmp_path: Path, label_order: tuple
     if label_order[0] == "entailment":
         # The pipeline picks index -1 here, which is contradiction: equal in multi-label too.
         assert_same_results([multi], [ref(texts[0], candidate_labels=labels, multi_label=True)])
+
+
+# -- tokenization: pairs assembled from parts tokenized once equal the pipeline's own ---------
+
+TOKENIZATION_TEXTS = [
+    "The new phone's battery lasts two days.",
+    LONG_TEXT_FOR_TOKENS := "The central bank raised interest rates again to fight inflation. " * 30,
+    "  leading and trailing spaces  ",
+    "Ünïcödé, emoji 🎉 and\ttabs\nnew lines",
+    "x",
+    "The new phone's battery lasts two days.",  # a repeated text
+]
+TOKENIZATION_LABELS = ["technology", "a much longer label with several words", "x", "technology"]
+
+
+@pytest.mark.parametrize("template", ["This example is {}.", "{}", "Topic: {} — or is it?"])
+def test_pairs_are_tokenized_exactly_as_the_pipeline_does(model: NLIModel, reference, template: str) -> None:
+    encoded = model.encode(TOKENIZATION_TEXTS, TOKENIZATION_LABELS, template)
+    expected_pairs = []
+    for text in TOKENIZATION_TEXTS:
+        for label in TOKENIZATION_LABELS:
+            # The pipeline's own tokenization step, called on one pair as its preprocess does.
+            ids = reference._parse_and_tokenize([[text, template.format(label)]])["input_ids"][0]
+            expected_pairs.append((tuple(ids.tolist()), None))
+    assert encoded.pairs == expected_pairs
+    assert 1 in encoded.truncated  # the long text; the reported list equals the old path's:
+    # ...and equal to tokenizing every pair whole, the path slow tokenizers take.
+    hyps = [template.format(label) for label in TOKENIZATION_LABELS]
+    assert model.encode_each_pair(TOKENIZATION_TEXTS, hyps) == encoded
+
+
+def test_hypotheses_are_tokenized_once_and_reused(model: NLIModel) -> None:
+    pair_tokenizer = model.pair_tokenizer
+    assert pair_tokenizer is not None
+    first = pair_tokenizer.hypotheses(["This example is reuse."])[0]
+    again = pair_tokenizer.hypotheses(["This example is reuse.", "This example is reuse."])
+    assert again[0] is first and again[1] is first
+
+
+def _bert_style_tokenizer(truncation_side: str = "right"):
+    """A WordPiece tokenizer with BERT's pair layout and token types, built offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    core.train_from_iterator(
+        [LONG_TEXT_FOR_TOKENS, *TOKENIZATION_TEXTS, "this example is about sports and music"],
+        trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials),
+    )
+    core.post_processor = processors.BertProcessing(
+        ("[SEP]", core.token_to_id("[SEP]")), ("[CLS]", core.token_to_id("[CLS]"))
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", sep_token="[SEP]", cls_token="[CLS]",
+        pad_token="[PAD]", mask_token="[MASK]", model_max_length=48,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        truncation_side=truncation_side,
+    )
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pair_assembly_matches_for_token_types_and_left_truncation(side: str) -> None:
+    from serve_app.model import PairTokenizer
+
+    tokenizer = _bert_style_tokenizer(side)
+    hyps = [f"This example is {label}." for label in TOKENIZATION_LABELS]
+    encoded = PairTokenizer(tokenizer, 48, uses_token_types=True).encode(TOKENIZATION_TEXTS, hyps)
+    expected = []
+    for text in TOKENIZATION_TEXTS:
+        for hyp in hyps:
+            ref = tokenizer(text, hyp, truncation="only_first", max_length=48)
+            expected.append((tuple(ref["input_ids"]), tuple(ref["token_type_ids"])))
+    assert encoded.pairs == expected
+    assert any(1 in types for _, types in encoded.pairs)  # the hypothesis has type 1
+    assert encoded.truncated == [1]
+
+
+def test_a_hypothesis_that_fills_the_window_is_a_client_error(model: NLIModel) -> None:
+    from serve_app.errors import ClientError
+
+    long_label = " ".join(["word"] * model.window)
+    with pytest.raises(ClientError, match="window"):
+        model.encode(["short text"], [long_label], "This example is {}.")
+    with pytest.raises(ClientError, match="window"):
+        model.encode_each_pair(["short text"], [f"This example is {long_label}."])
+
+
+@pytest.mark.parametrize(("workers", "tokens"), [(1, 4096), (2, 4096), (3, 64), (2, 16)])
+def test_parallel_sub_batches_give_the_pipeline_scores(
+    tiny_model_dir: Path, reference, workers: int, tokens: int
+) -> None:
+    """forward_workers sub-batches at once, however the batch is cut, change no score."""
+    model = NLIModel(ModelConfig(model=str(tiny_model_dir), forward_workers=workers, forward_tokens=tokens))
+    assert model.workers == workers
+    for case in CASES:
+        labels = parse_labels(case.labels)
+        encoded = model.encode(case.texts, labels, case.template)
+        logits = model.forward(encoded.pairs)
+        ours = classify_from_logits(case.texts, labels, logits, model.indices, case.multi_label)
+        assert_same_results(ours, as_list(reference(case.texts, **case.pipeline_kwargs())))
+
+
+def test_thread_plan_defaults_to_one_thread_per_cpu_sub_batch() -> None:
+    import torch
+
+    from serve_app.model import _spread, thread_plan
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert thread_plan(None, None, cpu, 4) == (1, 4)
+    assert thread_plan(2, None, cpu, 4) == (2, 2)
+    assert thread_plan(None, 2, cpu, 4) == (2, 2)
+    assert thread_plan(3, 1, cpu, 4) == (3, 1)
+    assert thread_plan(None, None, cuda, 8)[1] == 1
+    # A lone request's pairs are split so that every worker has some.
+    assert sorted(map(len, _spread([[0, 1, 2, 3, 4]], 2))) == [2, 3]
+    assert _spread([[0]], 4) == [[0]]

@@ -24,7 +24,9 @@ class FakeClock:
         self.now += seconds
 
 
-def limiter(rate: float, burst: float, overrides: dict | None = None, **kw) -> tuple[RateLimiter, FakeClock]:
+def limiter(
+    rate: float, burst: float, overrides: dict | None = None, **kw
+) -> tuple[RateLimiter, FakeClock]:
     clock = FakeClock()
     config = RateLimitConfig(
         enabled=True, default={"rate": rate, "burst": burst}, overrides=overrides or {}
@@ -74,7 +76,9 @@ def test_fractional_costs_and_rates() -> None:
     ("rate", "cost", "retry_after"),
     [(3.0, 4.0, 2), (3.0, 3.0, 1), (3.0, 0.1, 1), (0.5, 2.0, 4), (100.0, 150.0, 2)],
 )
-def test_retry_after_is_whole_seconds_rounded_up(rate: float, cost: float, retry_after: int) -> None:
+def test_retry_after_is_whole_seconds_rounded_up(
+    rate: float, cost: float, retry_after: int
+) -> None:
     rl, _ = limiter(rate=rate, burst=max(cost, 1.0))
     rl.try_acquire("a", max(cost, 1.0))  # drain
     decision = rl.try_acquire("a", cost)
@@ -167,7 +171,7 @@ def test_idle_full_buckets_are_evicted_without_changing_any_answer() -> None:
     rl.try_acquire("busy", 10)
     assert len(rl) == 1001  # only swept every 5 s
     clock.advance(4.5)
-    rl.try_acquire("busy", 10)  # sweeps first: the 1000 full ones go, "busy" is refilled and drained
+    rl.try_acquire("busy", 10)  # sweeps first (the 1000 full ones go), then drains "busy"
     assert len(rl) == 1
     assert rl.try_acquire("client-3", 10).allowed  # an evicted client starts full, as it was
 

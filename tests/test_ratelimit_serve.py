@@ -27,7 +27,9 @@ from serve_app.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name
 pytestmark = pytest.mark.ray
 
 RATE = 40.0  # pairs per second
-BURST = 80.0
+# 3 s of tokens: a stall of the request path shorter than that (this machine is shared) loses
+# none of them, so the lower bound measures the limiter, not the scheduler.
+BURST = 120.0
 TEXTS, LABELS = ["one text", "another text"], ["a", "b", "c", "d"]
 COST = len(TEXTS) * len(LABELS)  # 8 pairs per request: 5 admitted requests per second
 CLIENTS = 16
@@ -127,7 +129,7 @@ def assert_refusals_are_well_formed(answers: list[Answer]) -> None:
         if a.status != 429:
             continue
         assert int(a.headers["Retry-After"]) >= 1
-        assert a.headers["RateLimit-Policy"] == '"default";q=80;w=2'
+        assert a.headers["RateLimit-Policy"] == '"default";q=120;w=3'
         assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"]), a.headers["RateLimit"]
         assert a.body["error"]["type"] == "rate_limited"
 
@@ -140,7 +142,7 @@ async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(rl_url:
     # Every admitted answer carries the policy and what is left: none was admitted unlimited.
     for a in state.answers:
         if a.status == 200:
-            assert a.headers.get("RateLimit-Policy") == '"default";q=80;w=2', state.summary()
+            assert a.headers.get("RateLimit-Policy") == '"default";q=120;w=3', state.summary()
             assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"])
 
     admitted = state.admitted()

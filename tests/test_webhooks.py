@@ -59,7 +59,8 @@ def test_signature_equals_and_verifies_with_the_independent_implementation() -> 
     secret = webhooks.new_secret()
     body = webhooks.serialize_event(webhooks.build_event("job.succeeded", JOB))
     at = 1_700_000_000
-    reference = Webhook(secret).sign("msg_1", dt.datetime.fromtimestamp(at, dt.timezone.utc), body.decode())
+    sent_at = dt.datetime.fromtimestamp(at, dt.timezone.utc)
+    reference = Webhook(secret).sign("msg_1", sent_at, body.decode())
     assert webhooks.sign(secret, "msg_1", at, body) == reference
 
     now = int(time.time())
@@ -103,15 +104,15 @@ def test_events_are_small_and_serialize_stably() -> None:
     assert dt.datetime.fromisoformat(event["timestamp"]).tzinfo is not None
     # Id, status and counts only: results, metadata and the URL stay on the job.
     assert event["data"] == {"id": "job_1", "status": "succeeded", "progress": JOB["progress"]}
-    failed = webhooks.build_event(
-        "job.failed", {**JOB, "state": "failed", "error": {"type": "classifier_error", "message": "boom"}}
-    )
-    assert failed["data"]["error"] == {"type": "classifier_error", "message": "boom"}
+    error = {"type": "classifier_error", "message": "boom"}
+    failed = webhooks.build_event("job.failed", {**JOB, "state": "failed", "error": error})
+    assert failed["data"]["error"] == error
 
     body = webhooks.serialize_event(event)
     assert json.loads(body) == event
     assert b" " not in body.replace(b"job.succeeded", b"")  # compact
-    reordered = {"data": dict(reversed(list(event["data"].items()))), "timestamp": event["timestamp"], "type": event["type"]}
+    reordered = {key: event[key] for key in reversed(event)}
+    reordered["data"] = {key: event["data"][key] for key in reversed(event["data"])}
     assert webhooks.serialize_event(reordered) == body
 
 
@@ -155,7 +156,8 @@ def _serve(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server API)
             body = self.rfile.read(int(self.headers["content-length"]))
-            receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            receiver.requests.append((self.path, headers, body))
             time.sleep(receiver.delay_s)
             self.send_response(receiver.status)
             if 300 <= receiver.status < 400:
@@ -307,12 +309,15 @@ def _certificate(name: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey,
     )
     if not ca:
         # A DNS name only, no IP: verification must use the host name, not the address.
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        san = x509.SubjectAlternativeName([x509.DNSName(name)])
+        builder = builder.add_extension(san, critical=False)
     return builder.sign(signer, hashes.SHA256())
 
 
 @pytest.fixture
-def tls_receiver(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+def tls_receiver(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Receiver]:
     """An https receiver whose certificate names `request.param`, signed by a CA this process
     trusts through SSL_CERT_FILE (how operators add a private CA)."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -324,7 +329,9 @@ def tls_receiver(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
     (tmp_path / "leaf.pem").write_bytes(leaf_cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "leaf.key").write_bytes(
         leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
     )
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))

@@ -136,7 +136,8 @@ def refused_addresses(host: str, ips: list[IPAddress], allow_hosts: list[str]) -
     return [
         ip
         for ip in ips
-        if not is_public(ip) and not any(ip.version == net.version and ip in net for net in networks)
+        if not is_public(ip)
+        and not any(ip.version == net.version and ip in net for net in networks)
     ]
 
 

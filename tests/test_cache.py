@@ -1,0 +1,74 @@
+"""The result cache: a bounded LRU of logits keyed by (model, template, text, label)."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_app.cache import ResultCache, cache_key
+
+
+def row(x: float) -> np.ndarray:
+    return np.array([x, x + 1, x + 2], dtype=np.float32)
+
+
+def test_hits_misses_and_lru_eviction() -> None:
+    cache = ResultCache(2)
+    a, b, c = (cache_key("m", "T {}", text, "x") for text in ("a", "b", "c"))
+    assert cache.get_many([a, b]) == [None, None]
+    cache.put_many([a, b], [row(1), row(2)])
+    assert cache.get_many([a])[0][0] == 1  # a is now the most recent
+    cache.put_many([c], [row(3)])  # evicts b, the least recent
+    found = cache.get_many([a, b, c])
+    assert found[0] is not None and found[1] is None and found[2] is not None
+    stats = cache.stats()
+    assert (stats["entries"], stats["hits"], stats["misses"]) == (2, 3, 3)
+    assert stats["hit_rate"] == pytest.approx(0.5)
+
+
+def test_keys_tell_apart_model_template_text_and_label() -> None:
+    base = cache_key("m", "T {}", "text", "x")
+    assert base == cache_key("m", "T {}", "text", "x")
+    others = [cache_key("m2", "T {}", "text", "x"), cache_key("m", "U {}", "text", "x"),
+              cache_key("m", "T {}", "text!", "x"), cache_key("m", "T {}", "text", "y")]
+    assert base not in others and len(set(others)) == 4
+
+
+def test_a_zero_size_cache_is_off_and_keeps_nothing() -> None:
+    cache = ResultCache(0)
+    key = cache_key("m", "T {}", "a", "x")
+    cache.put_many([key], [row(1)])
+    assert not cache.enabled and cache.get_many([key]) == [None] and len(cache) == 0
+
+
+def test_stored_rows_are_copies() -> None:
+    cache = ResultCache(4)
+    key, value = cache_key("m", "T {}", "a", "x"), row(1)
+    cache.put_many([key], [value])
+    value[0] = 99
+    assert cache.get_many([key])[0][0] == 1
+
+
+@pytest.mark.ray
+def test_the_service_answers_repeats_from_the_cache(deploy_app) -> None:
+    from ray import serve
+
+    url = deploy_app("cached", result_cache_entries=1000)
+    classifier = serve.get_deployment_handle("Classifier", app_name="cached")
+    body = {"texts": ["Stocks rallied after earnings.", "Heavy rain tomorrow."],
+            "labels": ["finance", "weather", "sports"]}
+    first = httpx.post(f"{url}/v1/classify", json=body, timeout=60)
+    assert first.status_code == 200, first.text
+    stats = classifier.cache_stats.remote().result()
+    assert (stats["hits"], stats["misses"], stats["entries"]) == (0, 6, 6)
+    # Same pairs, labels in another order and one new label: 6 hits, 2 misses (2 texts x 1).
+    again = httpx.post(f"{url}/v1/classify", json={**body, "labels": ["sports", "finance", "weather", "art"]}, timeout=60)
+    assert again.status_code == 200
+    stats = classifier.cache_stats.remote().result()
+    assert (stats["hits"], stats["misses"]) == (6, 8)
+    # Cached rows give the same scores as computing them.
+    repeat = httpx.post(f"{url}/v1/classify", json=body, timeout=60).json()
+    for got, want in zip(repeat["results"], first.json()["results"]):
+        assert got["labels"] == want["labels"]
+        assert np.allclose(got["scores"], want["scores"], atol=1e-6)
