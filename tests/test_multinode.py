@@ -1,36 +1,39 @@
-"""A real multi-node Ray cluster on this machine, apart from the test session's own Ray.
+"""A real multi-node Ray cluster on this machine: placement, the shared limit, and losing a node.
 
-`ray start --head` plus `ray start --address=...` worker nodes, each on free ports with its own
-`--temp-dir`, each offering a custom resource (`zsc_head` on the head, `zsc_worker` on workers)
-so the test variant of deploy_config.yaml can pin the Ingress to the head and the Classifier to
-a worker. `serve deploy` then goes through the head's dashboard, as an operator's would.
+`ray start --head` plus `ray start --address=...` worker nodes, each with its own custom resource
+(`zsc_head`, `zsc_worker`), then `serve deploy` of a config file derived from the project's
+`deploy_config.yaml` (tiny model, small CPU shares, the Ingress pinned to the head and the
+Classifier to worker nodes through `ray_actor_options.resources`). The test checks that:
 
-What it shows: the deployments land on different nodes (and the JobRunner on the head, next to
-its SQLite file); one client's rate limit is one budget whether it is spent on the head or on a
-worker node; and when the worker node dies, Serve starts its replica on a spare worker and
-requests succeed again.
+- the Ingress and the Classifier run on different nodes;
+- the rate limit holds for the whole cluster (one limiter actor every ingress replica consults);
+- when the worker node that holds the Classifier dies, Serve starts the replica on another
+  worker node and requests succeed again.
 
-Ray 2.60's `ray start --head` turns token authentication on when a token exists on the machine
-(e.g. ~/.ray/auth_token), but its CLI clients (`serve`, `ray list`) only send it when
-RAY_AUTH_MODE=token. So the test makes the same check once and sets RAY_AUTH_MODE for every
-command it runs; Ray itself reads the token.
+The cluster is this test's own and nothing else's: its own ports, its own `--temp-dir` (so it
+never touches /tmp/ray or `session_latest` of other Ray instances on the machine), its own
+authentication token (`RAY_AUTH_TOKEN`, never ~/.ray/auth_token), and it is torn down by killing
+exactly the processes it started (never `ray stop`, which stops every Ray on the machine). The
+pytest process itself stays out of it (it may be connected to the session's local Ray): it talks
+to the cluster through the dashboard's REST API, and `serve deploy` runs as a subprocess.
 
-Nodes are stopped by killing exactly their own process trees (never `ray stop`, which stops
-every Ray instance on the machine, other test sessions' included).
+Linux-only (it reads /proc to find a node's processes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import glob
 import json
 import os
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,393 +41,472 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from ray._raylet import AuthenticationTokenLoader
 
+from conftest import free_port
 from live import wait_for
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+SERVE = str(Path(sys.executable).with_name("serve"))
 APP = "zsc"
-BODY = {"text": "The council approved the stadium budget.", "labels": ["politics", "sports"]}
-PAIRS = 2
-# Requests from this loopback address get a bucket of 10 pairs that practically never refills,
-# so how many pairs it admits is exact; everyone else (127.0.0.1) keeps the generous default.
-LIMITED = "127.0.0.2"
-BURST = 10
-
-# Runs in a driver connected to the cluster: a task pinned to one node spends LIMITED's tokens
-# through the same client (RateLimitClient -> the app's limiter actor) every ingress replica
-# uses, one pair at a time until refused, and says where it ran and how much it got.
-SPEND_ON_NODE = """
-import asyncio, json, sys
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-@ray.remote(num_cpus=0)
-def spend(config, key):
-    from serve_app.config import RateLimitConfig
-    from serve_app.errors import RateLimited
-    from serve_app.limiter import RateLimitClient
-
-    client = RateLimitClient(RateLimitConfig.model_validate(config), app_name=%(app)r)
-
-    async def drain():
-        admitted = 0
-        while True:
-            try:
-                await client.admit(key, 1.0)
-            except RateLimited:
-                return admitted
-            admitted += 1
-
-    return {"node_id": ray.get_runtime_context().get_node_id(), "admitted": asyncio.run(drain())}
-
-node_id, key, config, address = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-ray.init(address=address, log_to_driver=False)
-strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-print(json.dumps(ray.get(spend.options(scheduling_strategy=strategy).remote(config, key), timeout=180)))
-"""
+HEAD_RESOURCE, WORKER_RESOURCE = "zsc_head", "zsc_worker"
+RATE, BURST = 4.0, 16.0  # pairs per second, bucket size
+BODY = {"texts": ["the match ended in a draw", "rain all week"], "labels": ["sports", "weather"]}
+COST = 4  # pairs per request: 2 texts x 2 labels
+BURST_CLIENT, PROBE_CLIENT = "127.0.0.1", "127.0.0.2"  # source addresses: one bucket each
+# Generous: the machine has 2 cores shared with other work, where a replica can take a minute
+# to start (worker process, torch import, model load).
+START_TIMEOUT_S = 120.0
+DEPLOY_TIMEOUT_S = 300.0
+RECOVER_TIMEOUT_S = 240.0
+# Ray 2.60's raylet gives its dashboard agent a fixed 15 s to write its port files and aborts
+# the node otherwise (ray-project/ray#65983); on a loaded 2-core machine the agent's imports
+# alone can take longer. Only that failure is retried, on fresh ports and a fresh temp dir.
+AGENT_TIMEOUT_MARK = "Timed out waiting for file"
+START_ATTEMPTS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# --- processes -------------------------------------------------------------------------------
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) for every running process, from /proc (zombies are dead:
-    killed, waiting only for a parent to reap them)."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live (not zombie) process we can read."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # it exited while we looked
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
             continue
-        # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), fields[19])
+        # The command name in stat is parenthesised and may hold spaces: split after it.
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if state != "Z":
+            table[int(entry)] = (int(ppid), cmdline)
     return table
-
-
-def process_tree(roots: dict[int, str]) -> dict[int, str]:
-    """The live processes among `roots` (pid -> start time) and all their descendants."""
-    table = _process_table()
-    tree = {pid: start for pid, start in roots.items() if table.get(pid, (0, None))[1] == start}
-    frontier = list(tree)
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in table.items() if ppid == parent and pid not in tree]
-        tree.update((pid, table[pid][1]) for pid in children)
-        frontier.extend(children)
-    return tree
-
-
-def kill_process_tree(roots: dict[int, str]) -> None:
-    """SIGKILL `roots` and every descendant, including ones orphaned while we kill.
-
-    Ray workers move to their own process groups, so a process-group kill would miss them; the
-    parent links still lead to them. Every pid is matched with its start time, so a recycled pid
-    of someone else's process is never touched, and the pids found in earlier rounds are killed
-    again (a dead parent's children are re-parented out of reach of the tree).
-    """
-    seen = dict(roots)
-    for _ in range(20):
-        alive = process_tree(seen)
-        seen.update(alive)
-        if not alive:
-            return
-        for pid in alive:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.5)
-    raise AssertionError(f"processes of the test cluster survived SIGKILL: {sorted(seen)}")
-
-
-# The check `ray start` makes (has_token, whatever the mode), made once for all commands.
-AUTH_MODE = (
-    "token" if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True) else "disabled"
-)
-
-
-def _env() -> dict[str, str]:
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": AUTH_MODE,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # A node waits this long for its raylet to register (30 s by default); on a loaded
-        # 2-core machine, shared with other test sessions, that is not always enough.
-        "RAY_raylet_start_wait_time_s": "120",
-    }
-    # Every command names its cluster explicitly; never follow an inherited address.
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _run(*args: str, timeout: float = 180) -> str:
-    result = subprocess.run(
-        args, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=timeout
-    )
-    assert result.returncode == 0, f"{' '.join(args[:3])} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 @dataclass
 class RayNode:
-    """One `ray start --block` process and everything it started."""
+    """One `ray start --block` process and everything it (and its node) runs.
 
-    marker: str  # a resource only this node has, to find its node id
-    process: subprocess.Popen
-    log: Path
-    node_id: str = ""
-    # The node's processes (pid -> start time) as last seen: they stay reachable even if
-    # `ray start` itself dies first (e.g. a failed start) and its children are re-parented.
-    pids: dict[int, str] = field(default_factory=dict)
+    The node's processes are the descendants of that process plus any process whose command
+    line names the node's own temp dir (a worker whose parent already died, for instance):
+    only ever processes this test started.
+    """
 
-    def track(self) -> None:
-        started = _process_table().get(self.process.pid)
-        root = {self.process.pid: started[1]} if started else {}
-        self.pids.update(process_tree({**self.pids, **root}))
+    name: str
+    temp_dir: Path
+    proc: subprocess.Popen
+    log_path: Path
+    node_id: str = ""  # Ray's id of the node, once it has joined
 
-    def kill(self) -> None:
-        self.track()
-        kill_process_tree(self.pids)
-        self.process.wait(timeout=30)
+    def pids(self) -> set[int]:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        # Walk from `ray start` only while it is unreaped: after that its pid may be reused.
+        found: set[int] = set()
+        todo = [self.proc.pid] if self.proc.poll() is None else []
+        while todo:
+            pid = todo.pop()
+            if pid in found:
+                continue
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+        marker = str(self.temp_dir) + "/"
+        found |= {pid for pid, (_, cmd) in table.items() if marker in cmd}
+        found.discard(os.getpid())
+        return {pid for pid in found if pid in table}
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        self.proc.poll()  # reap `ray start` if it died, so it is not left a zombie
+
+    def stop(self, deadline: float) -> None:
+        """Wait until `deadline` for the node to stop after `terminate()`, then SIGKILL what is
+        left of it."""
+        try:
+            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        for _ in range(3):
+            if not self.pids():
+                break
+            self.kill(signal.SIGKILL)
+            time.sleep(0.5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def agent_timed_out(self) -> bool:
+        """Whether the raylet aborted on the dashboard agent's port-file timeout."""
+        for path in glob.glob(f"{self.temp_dir}/session_*/logs/raylet.out"):
+            if AGENT_TIMEOUT_MARK in Path(path).read_text(errors="replace"):
+                return True
+        return False
+
+
+class NodeStartFailed(AssertionError):
+    def __init__(self, node: RayNode):
+        super().__init__(f"`ray start` for {node.name} exited:\n{node.log()}")
+        self.node = node
 
 
 @dataclass
 class Cluster:
-    root: Path
-    gcs_port: int = field(default_factory=free_port)
-    dashboard_port: int = field(default_factory=free_port)
-    http_port: int = field(default_factory=free_port)
+    base_dir: Path
+    env: dict[str, str] = field(repr=False)  # never in a failure report: it holds the token
+    token: str = field(repr=False)
+    gcs_address: str = ""
+    dashboard_url: str = ""
+    http_url: str = ""
     nodes: list[RayNode] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)  # what `serve deploy` was given
 
-    @property
-    def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
+    # -- starting nodes --
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+    @staticmethod
+    def _ports(*names: str) -> list[str]:
+        args: list[str] = []
+        used: set[int] = set()
+        for name in names:
+            port = free_port()
+            while port in used:
+                port = free_port()
+            used.add(port)
+            args += [f"--{name}", str(port)]
+        return args
 
-    @property
-    def head(self) -> RayNode:
-        return self.nodes[0]
+    def _start(self, name: str, make_args: Callable[[], list[str]]) -> RayNode:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once(name if attempt == 1 else f"{name}.{attempt}", make_args())
+            except NodeStartFailed as failure:
+                failure.node.stop(time.monotonic())
+                self.nodes.remove(failure.node)
+                if attempt == START_ATTEMPTS or not failure.node.agent_timed_out():
+                    raise
+                print(f"{name}: the raylet gave up on its dashboard agent; starting it again")
+        raise AssertionError("not reached")
 
-    def start_node(self, name: str, resources: dict[str, float], head: bool = False) -> RayNode:
-        marker = f"zsc_node_{name}"
-        args = [
-            str(BIN / "ray"), "start", "--block",
-            "--num-cpus", "1",
-            "--resources", json.dumps({**resources, marker: 1}),
+    def _start_once(self, name: str, args: list[str]) -> RayNode:
+        temp_dir = self.base_dir / name
+        temp_dir.mkdir()
+        log_path = self.base_dir / f"{name}.log"
+        command = [
+            RAY, "start", "--block", "--disable-usage-stats",
+            "--temp-dir", str(temp_dir),
             "--object-store-memory", str(100 * 1024 * 1024),
-            "--temp-dir", str(self.root / name),
-            "--include-log-monitor", "false",
-            "--disable-usage-stats",
-            # Free ports for everything a node listens on: other Ray instances run here too.
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()),
-            "--min-worker-port", "0", "--max-worker-port", "0",
-        ]
-        if head:
-            args += [
-                "--head", "--port", str(self.gcs_port),
-                "--include-dashboard", "true",
-                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                "--ray-client-server-port", str(free_port()),
-            ]
-        else:
-            args += ["--address", f"127.0.0.1:{self.gcs_port}"]
-        log = self.root / f"{name}.log"
-        with log.open("w") as out:
-            # Its own session: no signal meant for pytest's process group reaches the cluster;
-            # the teardown kills it by its process tree.
-            process = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True
-            )
-        node = RayNode(marker, process, log)
+            "--num-gpus", "0",
+            # Other Ray instances run on this machine: take no default port.
+            *self._ports(
+                "node-manager-port", "object-manager-port", "metrics-export-port",
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                "runtime-env-agent-port",
+            ),
+            *args,
+        ]  # fmt: skip
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        node = RayNode(name, temp_dir, proc, log_path)
         self.nodes.append(node)
-        node.node_id = wait_for(lambda: self._alive_node_with(node), 240, f"node {name} to join", 2)
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise NodeStartFailed(node)
+            return "Ray runtime started" in node.log()
+
+        wait_for(started, START_TIMEOUT_S, f"ray node {name} to start", 0.5)
         return node
 
-    def _alive_node_with(self, node: RayNode) -> str | None:
-        node.track()
-        assert node.process.poll() is None, f"ray start exited:\n{node.log.read_text()[-3000:]}"
+    def start_head(self) -> RayNode:
+        def head_args() -> list[str]:
+            gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
+            self.gcs_address = f"127.0.0.1:{gcs_port}"
+            self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+            return [
+                "--head", "--port", str(gcs_port),
+                "--num-cpus", "2", "--resources", json.dumps({HEAD_RESOURCE: 10}),
+                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", str(dashboard_port),
+                "--ray-client-server-port", str(client_port),
+                # Notice a dead node in ~3 s instead of ~30 s (the default health checks).
+                "--system-config",
+                json.dumps({"health_check_period_ms": 1000, "health_check_failure_threshold": 3}),
+            ]  # fmt: skip
+
+        node = self._start("head", head_args)
+        wait_for(lambda: self._get("/api/version", quiet=True), START_TIMEOUT_S, "the dashboard")
+        return node
+
+    def start_worker(self, name: str) -> RayNode:
+        before = {n["node_id"] for n in self.alive_nodes()}
+        node = self._start(
+            name,
+            lambda: [
+                "--address", self.gcs_address,
+                "--num-cpus", "2", "--resources", json.dumps({WORKER_RESOURCE: 10}),
+            ],
+        )  # fmt: skip
+        new = wait_for(
+            lambda: [n for n in self.alive_nodes() if n["node_id"] not in before],
+            START_TIMEOUT_S,
+            f"node {name} to join the cluster",
+            0.5,
+        )
+        assert len(new) == 1, new
+        node.node_id = new[0]["node_id"]
+        return node
+
+    # -- talking to it --
+
+    def _get(self, path: str, quiet: bool = False) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
         try:
-            nodes = self.list_nodes()
-        except AssertionError:  # the head's dashboard is not answering yet
+            response = httpx.get(self.dashboard_url + path, headers=headers, timeout=30)
+        except httpx.HTTPError:
+            if quiet:
+                return None
+            raise
+        if quiet and response.status_code != 200:
             return None
-        for info in nodes:
-            if info["state"] == "ALIVE" and node.marker in info["resources_total"]:
-                return info["node_id"]
-        return None
+        response.raise_for_status()
+        return response.json()
 
-    def _ray_list(self, kind: str, *options: str) -> list[dict[str, Any]]:
-        """`ray list <kind>` through the head's dashboard (Ray's state API)."""
-        out = _run(
-            str(BIN / "ray"), "list", kind, "--address", self.dashboard, "--format", "json",
-            "--limit", "1000", *options,
-        )
-        # An empty answer is a sentence, not JSON.
-        return [] if out.startswith("No resource") else json.loads(out)
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        """Alive nodes as the state API lists them (node_id, resources_total, ...)."""
+        body = self._get("/api/v0/nodes?limit=100&detail=true")
+        return [n for n in body["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return self._ray_list("nodes")
+    def serve_details(self) -> dict[str, Any]:
+        return self._get("/api/serve/applications/")
 
-    def replica_nodes(self) -> dict[str, list[str]]:
-        """Deployment name -> node ids of its live replica actors."""
-        actors = self._ray_list("actors", "--filter", "state=ALIVE")
-        prefix = f"SERVE_REPLICA::{APP}#"
-        placement: dict[str, list[str]] = {}
-        for actor in actors:
-            name = actor.get("name") or ""
-            if name.startswith(prefix):
-                deployment = name.removeprefix(prefix).split("#")[0]
-                placement.setdefault(deployment, []).append(actor["node_id"])
-        return placement
+    def replicas(self, deployment: str) -> list[dict[str, Any]]:
+        app = self.serve_details().get("applications", {}).get(APP)
+        if not app:
+            return []
+        return app["deployments"].get(deployment, {}).get("replicas", [])
 
-    def serve_status(self) -> dict[str, Any]:
-        return yaml.safe_load(_run(str(BIN / "serve"), "status", "--address", self.dashboard))
+    def running_node_ids(self, deployment: str) -> set[str]:
+        return {r["node_id"] for r in self.replicas(deployment) if r["state"] == "RUNNING"}
 
-    def app_running(self) -> bool:
-        app = (self.serve_status().get("applications") or {}).get(APP) or {}
-        return app.get("status") == "RUNNING"
+    def serve(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run(
+            [SERVE, *args, "--address", self.dashboard_url],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        assert result.returncode == 0, f"serve {args} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
 
-    def spend_on_node(self, node_id: str, key: str, rate_limit: dict[str, Any]) -> dict[str, Any]:
-        out = _run(
-            sys.executable, "-c", SPEND_ON_NODE % {"app": APP},
-            node_id, key, json.dumps(rate_limit), f"127.0.0.1:{self.gcs_port}",
-        )
-        return json.loads(out.strip().splitlines()[-1])
-
-    def stop(self) -> None:
-        """Kill every node; one that resists does not spare the others."""
-        errors = []
-        for node in reversed(self.nodes):  # workers first, the head (GCS) last
-            try:
-                node.kill()
-            except (AssertionError, subprocess.TimeoutExpired) as exc:
-                errors.append(exc)
-        assert not errors, errors
+    def stop(self, grace_s: float = 20.0) -> None:
+        # SIGTERM makes `ray start --block` stop its node's processes (gracefully, in parallel).
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                node.proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for node in self.nodes:
+            node.stop(deadline)
 
 
-def cluster_config(model_dir: Path, db_path: Path, http_port: int) -> dict[str, Any]:
-    """deploy_config.yaml, changed only where one machine and a tiny model need it."""
-    config = yaml.safe_load((ROOT / "deploy_config.yaml").read_text())
-    # Every node's proxy would bind the same host:port on one machine; one proxy on the head.
+def _short_base_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """A temp dir short enough for Ray's unix sockets (107 bytes with the session name)."""
+    base = tmp_path_factory.mktemp("r")
+    if len(str(base)) <= 40:
+        return base, False
+    return Path(tempfile.mkdtemp(prefix="zsc-r")), True
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base_dir, remove_after = _short_base_dir(tmp_path_factory)
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        RAY_USAGE_STATS_ENABLED="0",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    cluster = Cluster(base_dir=base_dir, env=env, token=token)
+    try:
+        cluster.start_head()
+        yield cluster
+    finally:
+        cluster.stop()
+        leftovers = {n.name: n.pids() for n in cluster.nodes}
+        if remove_after:
+            shutil.rmtree(base_dir, ignore_errors=True)
+        assert not any(leftovers.values()), f"processes survived the teardown: {leftovers}"
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+def _serve_config(model_dir: Path, jobs_db: Path, http_port: int) -> dict[str, Any]:
+    """`deploy_config.yaml`, scaled down to this machine and pinned to the test's nodes."""
+    config = yaml.safe_load((REPO / "deploy_config.yaml").read_text())
+    # One proxy, on the head: every node here shares one address, so proxies on several nodes
+    # would compete for the same port.
     config["proxy_location"] = "HeadOnly"
     config["http_options"] = {"host": "127.0.0.1", "port": http_port}
-    (app,) = config["applications"]
+    (app,) = [a for a in config["applications"] if a["name"] == APP]
     args = app["args"]
-    args["model"] = str(model_dir)
-    args["classifier"] = {"num_cpus": 0.1, "resources": {"zsc_worker": 1}}
-    args["ingress"] = {"num_cpus": 0.1, "resources": {"zsc_head": 1}}
-    args["rate_limit"]["overrides"] = {LIMITED: {"rate": 0.0001, "burst": BURST}}
-    args["jobs"]["db_path"] = str(db_path)
+    args.update(
+        model=str(model_dir),
+        device="cpu",
+        classifier={"num_replicas": 1, "num_cpus": 0.25},
+        ingress={"num_replicas": 2, "num_cpus": 0.1},
+        rate_limit={
+            "enabled": True,
+            "default": {"rate": RATE, "burst": BURST},
+            "cost": "pairs",
+            # Closed, with a generous timeout: a slow limiter on this busy machine must
+            # answer 503, never let requests through unlimited.
+            "fail_mode": "closed",
+            "timeout_s": 5.0,
+        },
+        jobs={**args.get("jobs", {}), "db_path": str(jobs_db)},
+    )
+    # A deployment's ray_actor_options in a config file replace the ones in code: repeat the CPUs.
+    overrides = {d["name"]: d for d in app.get("deployments", [])}
+    overrides.setdefault("Ingress", {"name": "Ingress"})["ray_actor_options"] = {
+        "num_cpus": 0.1,
+        "resources": {HEAD_RESOURCE: 1},
+    }
+    overrides.setdefault("Classifier", {"name": "Classifier"})["ray_actor_options"] = {
+        "num_cpus": 0.25,
+        "resources": {WORKER_RESOURCE: 1},
+    }
+    app["deployments"] = list(overrides.values())
     return config
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_model_dir: Path) -> Iterator[Cluster]:
-    # A short root: Ray's Unix socket paths under it must stay within 107 characters.
-    root = Path(tempfile.mkdtemp(prefix="zsc-mn-", dir="/tmp"))
-    cluster = Cluster(root)
+def deployed(cluster: Cluster, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    first_worker = cluster.start_worker("w1")
+    http_port = free_port()
+    config_dir = tmp_path_factory.mktemp("multinode")
+    config = _serve_config(tiny_model_dir, config_dir / "jobs.sqlite3", http_port)
+    config_path = config_dir / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)
+    cluster.serve("deploy", str(config_path))
+    cluster.http_url = f"http://127.0.0.1:{http_port}"
+
+    def app_running() -> bool:
+        app = cluster.serve_details().get("applications", {}).get(APP)
+        if app and app["status"] == "DEPLOY_FAILED":
+            raise AssertionError(f"deploy failed: {app.get('message')}")
+        return bool(app) and app["status"] == "RUNNING"
+
+    wait_for(app_running, DEPLOY_TIMEOUT_S, "the app to run on the cluster", 1.0)
+    return first_worker
+
+
+def _client(address: str) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(local_address=address)
+    return httpx.AsyncClient(transport=transport, timeout=60)
+
+
+def _probe(url: str) -> int | None:
+    """One classify request from the probe address; its status, or None if it did not answer."""
     try:
-        started = time.monotonic()
-        cluster.start_node("head", {"zsc_head": 10}, head=True)
-        cluster.start_node("worker1", {"zsc_worker": 10})
-        print(f"\ntwo-node cluster up in {time.monotonic() - started:.0f} s")
-
-        config = cluster_config(tiny_model_dir, root / "jobs.sqlite3", cluster.http_port)
-        config_path = root / "deploy_config.test.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        deployed = time.monotonic()
-        _run(str(BIN / "serve"), "deploy", str(config_path), "--address", cluster.dashboard)
-        wait_for(cluster.app_running, 300, "serve deploy to reach RUNNING", 3)
-        print(f"deployed in {time.monotonic() - deployed:.0f} s")
-        cluster.config = config
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=PROBE_CLIENT), timeout=30) as c:
+            return c.post(f"{url}/v1/classify", json=BODY).status_code
+    except httpx.HTTPError:
+        return None
 
 
-def classify(url: str, local_address: str = "127.0.0.1") -> httpx.Response:
-    transport = httpx.HTTPTransport(local_address=local_address)
-    with httpx.Client(transport=transport, timeout=60) as client:
-        return client.post(f"{url}/v1/classify", json=BODY)
+# --- the tests -------------------------------------------------------------------------------
 
 
-def test_serve_deploy_places_ingress_and_classifier_on_different_nodes(cluster: Cluster) -> None:
-    head, worker = cluster.head.node_id, cluster.nodes[1].node_id
-    placement = cluster.replica_nodes()
-    assert placement["Ingress"] == [head], placement
-    assert placement["Classifier"] == [worker], placement
-    # The JobRunner follows Ray's own head-node resource, next to the job store's file.
-    assert placement["JobRunner"] == [head], placement
-    head_info = next(n for n in cluster.list_nodes() if n["node_id"] == head)
-    assert "node:__internal_head__" in head_info["resources_total"]
+def test_ingress_and_classifier_run_on_different_nodes(cluster: Cluster, deployed) -> None:
+    nodes = {n["node_id"]: n["resources_total"] for n in cluster.alive_nodes()}
+    ingress = cluster.running_node_ids("Ingress")
+    classifier = cluster.running_node_ids("Classifier")
+    assert ingress and classifier
+    assert all(HEAD_RESOURCE in nodes[node] for node in ingress), (ingress, nodes)
+    assert all(WORKER_RESOURCE in nodes[node] for node in classifier), (classifier, nodes)
+    assert not ingress & classifier
+    assert classifier == {deployed.node_id}
+    assert len(cluster.replicas("Ingress")) == 2
 
-    response = classify(cluster.url)
-    assert response.status_code == 200, response.text
-    assert response.json()["usage"] == {"pairs": PAIRS}
-
-
-def test_the_rate_limit_is_shared_across_nodes(cluster: Cluster) -> None:
-    worker = cluster.nodes[1].node_id
-    # The head node's ingress spends 3 requests' worth of LIMITED's bucket ...
-    for _ in range(3):
-        response = classify(cluster.url, LIMITED)
-        assert response.status_code == 200, response.text
-    spent = 3 * PAIRS
-
-    # ... a process on the worker node finds exactly the rest ...
-    rate_limit = cluster.config["applications"][0]["args"]["rate_limit"]
-    result = cluster.spend_on_node(worker, LIMITED, rate_limit)
-    assert result["node_id"] == worker
-    assert result["admitted"] == BURST - spent, result
-
-    # ... and what it spent there is gone for the head node's ingress too.
-    response = classify(cluster.url, LIMITED)
-    assert response.status_code == 429, response.text
-    assert int(response.headers["Retry-After"]) > 0
+    assert _probe(cluster.http_url) == 200
 
 
-def test_losing_the_worker_node_moves_its_replicas(cluster: Cluster) -> None:
-    lost = cluster.nodes[1]
-    # A spare worker that offers the same resource, ready before the loss.
-    spare = cluster.start_node("worker2", {"zsc_worker": 10})
-    assert cluster.replica_nodes()["Classifier"] == [lost.node_id]
+def test_the_shared_limit_holds_across_the_cluster(cluster: Cluster, deployed) -> None:
+    """A burst of concurrent requests from one client, spread over both ingress replicas: the
+    admitted cost stays within one bucket (burst + rate x elapsed), not one per replica."""
+    requests = 40  # cost 160 pairs: ten times the burst
 
-    killed = time.monotonic()
-    lost.kill()
+    async def burst() -> tuple[list[int], float]:
+        async with _client(BURST_CLIENT) as client:
+            start = time.monotonic()
+            answers = await asyncio.gather(
+                *(client.post(f"{cluster.http_url}/v1/classify", json=BODY) for _ in range(requests))
+            )
+            return [a.status_code for a in answers], time.monotonic() - start
 
-    def moved() -> bool:
-        status = cluster.serve_status()["applications"][APP]["deployments"]["Classifier"]
-        return status["replica_states"] == {"RUNNING": 1} and cluster.replica_nodes().get(
-            "Classifier"
-        ) == [spare.node_id]
+    statuses, elapsed = asyncio.run(burst())
+    admitted = COST * statuses.count(200)
+    print(f"admitted {admitted} pairs of {COST * requests} in {elapsed:.2f} s: {statuses}")
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(429) > 0, statuses
+    assert COST <= admitted <= BURST + RATE * elapsed + COST, (admitted, elapsed, statuses)
+    # One limiter actor for the whole app, whichever node and replica a request went through.
+    limiters = [
+        a for a in cluster._get("/api/v0/actors?limit=1000&detail=false")["data"]["result"]["result"]
+        if a.get("class_name") == "RateLimitActor" and a.get("state") == "ALIVE"
+    ]
+    assert len(limiters) == 1, limiters
 
-    wait_for(moved, 300, "the Classifier replica to restart on the spare worker", 3)
-    moved_s = time.monotonic() - killed
 
-    def answers() -> bool:
-        return classify(cluster.url).status_code == 200
+def test_losing_the_classifier_node_moves_its_replica(cluster: Cluster, deployed) -> None:
+    first_worker = deployed
+    second_worker = cluster.start_worker("w2")
+    assert cluster.running_node_ids("Classifier") == {first_worker.node_id}
 
-    wait_for(answers, 120, "requests to succeed again after the node loss", 1)
-    print(f"replica moved in {moved_s:.0f} s; answering {time.monotonic() - killed:.0f} s after the kill")
+    # The first worker node dies: its raylet, agents and workers, nothing else.
+    first_worker.kill(signal.SIGKILL)
+    wait_for(
+        lambda: first_worker.proc.poll() is not None and not first_worker.pids(),
+        30,
+        "the first worker's processes to exit",
+    )
+    killed_at = time.monotonic()
 
-    dead = next(n for n in cluster.list_nodes() if n["node_id"] == lost.node_id)
-    assert dead["state"] == "DEAD"
-    assert cluster.replica_nodes()["Ingress"] == [cluster.head.node_id]
+    wait_for(
+        lambda: cluster.running_node_ids("Classifier") == {second_worker.node_id},
+        RECOVER_TIMEOUT_S,
+        "the Classifier replica to run on the second worker node",
+        1.0,
+    )
+    wait_for(lambda: _probe(cluster.http_url) == 200, 60, "requests to succeed again", 1.0)
+    print(f"recovered {time.monotonic() - killed_at:.1f} s after the node died")
+    assert first_worker.node_id not in {n["node_id"] for n in cluster.alive_nodes()}
+    # And they keep succeeding.
+    assert [_probe(cluster.http_url) for _ in range(3)] == [200, 200, 200]
