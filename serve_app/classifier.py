@@ -141,8 +141,9 @@ class Classifier:
         ]
         found = self.cache.get_many(keys)
         misses = [i for i, row in enumerate(found) if row is None]
-        self._cache_lookups.inc(len(found) - len(misses), tags={"result": "hit"})
-        self._cache_lookups.inc(len(misses), tags={"result": "miss"})
+        for outcome, count in (("hit", len(found) - len(misses)), ("miss", len(misses))):
+            if count:  # Ray's Counter refuses an increment of 0
+                self._cache_lookups.inc(count, tags={"result": outcome})
         computed = await asyncio.gather(
             *(self._score_pair((call_id, encoded.pairs[i])) for i in misses)
         )

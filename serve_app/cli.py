@@ -395,6 +395,7 @@ def bench_command(
 ) -> None:
     """Benchmark the service against its peers and a raw batched forward (bench/bench.py; minutes)."""
     import importlib.util
+    import sys
 
     if backend not in ("torch", "int8"):
         raise fail(f"--backend must be torch or int8, not {backend!r}")
@@ -404,6 +405,7 @@ def bench_command(
     spec = importlib.util.spec_from_file_location("zsc_bench", script)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up while being built
     spec.loader.exec_module(bench)
     argv = ["--backend", backend, *(["--quick"] if quick else []), *(["--out", str(out)] if out else [])]
     raise typer.Exit(bench.main(argv))

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.ray
 MIN_REQUESTS = 1000
 # Examples per operation and mode. Bodies are where the input space is: they get most of the
 # budget; operations with only path or query parameters run out of distinct cases early.
-BODY_EXAMPLES = {GenerationMode.POSITIVE: 600, GenerationMode.NEGATIVE: 400}
+BODY_EXAMPLES = {GenerationMode.POSITIVE: 300, GenerationMode.NEGATIVE: 200}
 PARAM_EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
 REQUEST_TIMEOUT_S = 60
 

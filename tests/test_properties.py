@@ -6,6 +6,8 @@ exp, so these also show the normalisation never yields NaN or inf.
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,7 +58,7 @@ def test_multi_label_scores_lie_in_unit_interval(
 
 @given(logits_for_one_text(), st.booleans(), st.randoms(use_true_random=False))
 def test_permuting_the_labels_permutes_the_scores(
-    case: tuple[np.ndarray, NLILabelIndices], multi_label: bool, rng
+    case: tuple[np.ndarray, NLILabelIndices], multi_label: bool, rng: random.Random
 ) -> None:
     logits, indices = case
     order = list(range(len(logits)))
