@@ -306,6 +306,14 @@ def now() -> float:
     return time.perf_counter()
 
 
+def use_threads(n: int) -> None:
+    """torch's intra-op thread count is one per process: set it for the method about to run
+    (the serving layout runs 1 thread per sub-batch; the baselines run torch's default)."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def raw_forward(
     model: Any, pairs: Sequence[Sequence[Pair]], batch_size: int
 ) -> tuple[float, list[float], list[np.ndarray]]:
@@ -316,6 +324,7 @@ def raw_forward(
         ((len(p[0]), t, j) for t, ps in enumerate(pairs) for j, p in enumerate(ps)),
         key=lambda x: x[0],
     )
+    use_threads(model.threads)
     logits = [np.empty((len(ps), len(model.id2label)), dtype=np.float32) for ps in pairs]
     first: dict[int, float] = {}
     last: dict[int, float] = {}
@@ -343,6 +352,8 @@ def thread_pool(model: Any, pairs: Sequence[Sequence[Pair]], workers: int) -> tu
         model.forward(text_pairs, max_batch_tokens=UNBOUNDED)
         return now() - begin
 
+    use_threads(model.threads)
+
     started = now()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         latencies = list(pool.map(one, pairs))
@@ -357,6 +368,7 @@ def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[flo
         groups[item.labels].append(i)
     taken: dict[int, float] = {}
     latencies = []
+    use_threads(os.cpu_count() or 1)  # the pipeline as users run it: torch's default threads
     started = now()
     for labels, indices in groups.items():
 
@@ -514,7 +526,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{w['mixed']['text_tokens']}; 5-label workload: {w['five_label']['texts']} texts, "
         f"{w['five_label']['pairs']} pairs. Service: one Classifier replica, "
         f"{report['service']['classifier_num_cpus']} CPUs / {report['service']['torch_threads']} torch "
-        f"threads, batching {report['service']['batching']}; ingress {report['service']['ingress_num_cpus']} CPU.",
+        f"thread(s) x {report['service'].get('forward_workers')} sub-batches at once, batching {report['service']['batching']}; ingress {report['service']['ingress_num_cpus']} CPU.",
         "",
         "| run | backend | workload | pairs/s | vs (c) | vs (a) | CPU share | CPU-norm pairs/s | "
         "CPU-norm vs (c) | p50 ms | p99 ms | pairs/batch |",
@@ -640,12 +652,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(cpus)
     model_dir = ensure_model(opts.model_dir.resolve())
-    log(f"loading fp32 and int8 models in the driver ({cpus} torch threads)")
+    # The serving path's models use the service's default thread layout (serve_app.model.
+    # thread_plan: 1 torch thread per sub-batch, one sub-batch per CPU); (a) runs as the project
+    # began, torch's default threads (one forward using every core) in a pool of 4 threads; the
+    # sweep also times that one-forward-on-every-core layout, the comparison behind the default.
     models = {
-        "fp32": NLIModel(ModelConfig(model=str(model_dir), backend="torch", torch_threads=cpus)),
-        "int8": NLIModel(ModelConfig(model=str(model_dir), backend="int8", torch_threads=cpus)),
+        "fp32": NLIModel(ModelConfig(model=str(model_dir), backend="torch")),
+        "int8": NLIModel(ModelConfig(model=str(model_dir), backend="int8")),
     }
     fp32, chosen = models["fp32"], models[precision]
+    baseline = NLIModel(ModelConfig(model=str(model_dir), backend="torch", torch_threads=cpus, forward_workers=1))
+    layout = f"{chosen.threads} thread x {chosen.workers}"
+    log(f"loaded fp32 and int8 models in the driver: {layout} sub-batches at once; baseline {cpus} threads x 1")
 
     mixed = make_items(fp32.tokenizer, mixed_counts(plan.mixed_texts, opts.seed), seed=opts.seed)
     five = make_items(fp32.tokenizer, [5] * plan.five_label_texts, seed=opts.seed + 1)
@@ -665,7 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{workload['five_label']['pairs']} pairs 5-label, sweep {workload['sweep']['pairs']} pairs")
     pipe = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
     # First forwards of a process are slow: keep them out of the figures.
-    for m in models.values():
+    for m in [*models.values(), baseline]:
+        use_threads(m.threads)
         m.forward([p for ps in sweep_pairs[:2] for p in ps][:8])
     pipe(mixed[0].text, candidate_labels=list(mixed[0].labels))
 
@@ -696,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_config = AppConfig.model_validate({
             "model": str(model_dir),
             "backend": opts.backend,
-            "torch_threads": cpus,
+            # Threads follow num_cpus (the service's defaults): nothing set here.
             "classifier": {"num_cpus": cpus},
             "ingress": {"num_cpus": 0.1},
             "jobs": {"enabled": False},
@@ -707,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         info = classifier.model_info.remote().result()
         niceness = {"driver": os.getpriority(os.PRIO_PROCESS, 0),
                     "classifier": descendant_nice(f"ServeReplica:{APP}:Classifier")}
-        log(f"service up: {info['backend']}, {info['torch_threads']} torch threads, batching "
+        log(f"service up: {info['backend']}, {info['torch_threads']} torch thread(s) x {info['forward_workers']}, batching "
             f"{info['batching']}, nice {niceness}")
         with httpx.Client(base_url=url, timeout=300) as http:  # warm the whole path
             for item in mixed[:2]:
@@ -715,11 +734,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Batch-size sweep for (c), both backends interleaved, ascending then descending, so
         # drift in the machine's load hits every setting alike.
-        sweep_wall: dict[str, dict[int, float]] = {"fp32": defaultdict(float), "int8": defaultdict(float)}
+        sweep_models = {**models, f"fp32, {cpus} threads x 1": baseline}
+        sweep_wall: dict[str, dict[int, float]] = {name: defaultdict(float) for name in sweep_models}
         sweep_logits: dict[str, list[np.ndarray]] = {}
         for order in (plan.batch_sizes, plan.batch_sizes[::-1]):
             for bs in order:
-                for name, m in models.items():
+                for name, m in sweep_models.items():
                     wall, _, logits = raw_forward(m, sweep_pairs, bs)
                     sweep_wall[name][bs] += wall
                     sweep_logits.setdefault(name, logits)
@@ -743,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fwd, http_lat, handle_lat = [], [], []
         with httpx.Client(base_url=url, timeout=300) as http:
             for warm in (True,) * 2 + (False,) * plan.idle_repeats:
+                use_threads(chosen.threads)
                 begin = now()
                 chosen.forward(sample_pairs)
                 f = now() - begin
@@ -783,10 +804,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return Round(pairs, wall, cpu, lat, errors, classifier.batch_stats.remote().result())
 
         methods: list[tuple[str, str, str, Callable[[list[Item], list[list[Pair]]], Round]]] = [
-            ("c", f"(c) raw sorted forward, batch {bs}", precision,
+            ("c", f"(c) raw sorted forward, batch {bs}, {layout}", precision,
              lambda its, ps: offline(lambda: raw_forward(chosen, ps, bs)[:2], sum(map(len, ps)))),
             ("a", f"(a) thread pool x{plan.pool_workers}, forward per text", "fp32",
-             lambda its, ps: offline(lambda: thread_pool(fp32, ps, plan.pool_workers), sum(map(len, ps)))),
+             lambda its, ps: offline(lambda: thread_pool(baseline, ps, plan.pool_workers), sum(map(len, ps)))),
             ("b", f"(b) transformers pipeline, batch_size={plan.pipeline_batch_size}", "fp32",
              lambda its, ps: offline(lambda: run_pipeline(pipe, its, plan.pipeline_batch_size), sum(map(len, ps)))),
             *[(f"d{n}", f"(d) HTTP, {n} clients", precision,
@@ -802,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # The HTTP-64 target on 5-label requests, between two halves of (c) on the same pairs.
         top = max(plan.http_clients)
-        c5 = f"(c) raw sorted forward, batch {bs}"
+        c5 = f"(c) raw sorted forward, batch {bs}, {layout}"
         record("c5", c5, precision, "5-label",
                offline(lambda: raw_forward(chosen, five_pairs[0::2], bs)[:2], sum(map(len, five_pairs[0::2]))))
         record(f"d{top}-5", f"(d) HTTP, {top} clients", precision, "5-label",
@@ -850,11 +871,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "niceness": niceness,
         },
         "service": {"batching": info["batching"], "torch_threads": info["torch_threads"],
+                    "forward_workers": info.get("forward_workers"),
                     "classifier_num_cpus": cpus, "ingress_num_cpus": 0.1},
         "workload": workload,
         "results": results,
         "sweep": {
-            "backends": ["fp32", "int8"],
+            "backends": list(sweep),
             "batch_sizes": list(plan.batch_sizes),
             "pairs_per_s": {k: {str(b): round(v, 3) for b, v in vals.items()} for k, vals in sweep.items()},
         },

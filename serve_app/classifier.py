@@ -156,7 +156,7 @@ class Classifier:
         """Results only (for the job runner, which has already validated the whole job)."""
         return (await self.classify_prepared(request))["results"]
 
-    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.005, batch_size_fn=batch_tokens)
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.0, batch_size_fn=batch_tokens)
     async def _score_pair(self, items: list[BatchItem]) -> list[np.ndarray]:
         pairs = [pair for _, pair in items]
         start = time.perf_counter()

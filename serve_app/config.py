@@ -81,8 +81,12 @@ class BatchingConfig(_Section):
     max_batch_tokens: int = Field(
         4096, ge=16, description="Token budget of one batch (sum of pair lengths)."
     )
+    # 0 on CPU: the forward blocks the replica's loop (serve_app/classifier.py), so whatever
+    # arrived during one forward is queued together when it ends and the next batch takes it
+    # all without waiting; batch size barely changes CPU throughput (bench sweep), and an idle
+    # request should not wait for company. On a GPU, where batching is what pays, set ~5 ms.
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0.0, le=5.0, description="How long a batch waits to fill once it has one pair."
+        0.0, ge=0.0, le=5.0, description="How long a batch waits to fill once it has one pair."
     )
 
 
