@@ -103,7 +103,8 @@ class Classifier:
             boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
         )
         # Recent batch sizes, for tests and `GET /v1/model` (Prometheus may not be scraped).
-        self._recent_batches: list[tuple[int, int]] = []
+        # (pairs, calls, forward start, forward end) of each recent batch.
+        self._recent_batches: list[tuple[int, int, float, float]] = []
         self._call_ids = itertools.count()
         log.info("Classifier ready: %s", self.model.describe())
 
@@ -156,29 +157,36 @@ class Classifier:
         """Results only (for the job runner, which has already validated the whole job)."""
         return (await self.classify_prepared(request))["results"]
 
-    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.0, batch_size_fn=batch_tokens)
+    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.0, batch_size_fn=batch_tokens)
     async def _score_pair(self, items: list[BatchItem]) -> list[np.ndarray]:
         pairs = [pair for _, pair in items]
         start = time.perf_counter()
         # Blocking, see above. The batch is cut into sub-batches of the model's forward_tokens.
         logits = self.model.forward(pairs)
-        self._forward_s.observe(time.perf_counter() - start)
+        end = time.perf_counter()
+        self._forward_s.observe(end - start)
         self._pairs_metric.inc(len(pairs))
         self._batch_pairs.observe(len(pairs))
         self._batch_unique.observe(len(set(pairs)))
         calls = len({call_id for call_id, _ in items})
-        self._recent_batches = (self._recent_batches + [(len(pairs), calls)])[-1000:]
+        self._recent_batches = (self._recent_batches + [(len(pairs), calls, start, end)])[-1000:]
         return list(logits)
 
     def batch_stats(self) -> dict[str, Any]:
         """Recent batches: pairs and calls per batch (Serve also exports
         ray_serve_actual_batch_size and our zsc_batch_pairs histogram)."""
         batches = self._recent_batches
+        span = batches[-1][3] - batches[0][2] if batches else 0.0
+        busy = sum(end - start for _, _, start, end in batches)
         return {
             "batches": len(batches),
-            "mean_pairs_per_batch": float(np.mean([p for p, _ in batches])) if batches else 0.0,
-            "mean_calls_per_batch": float(np.mean([c for _, c in batches])) if batches else 0.0,
-            "max_pairs_per_batch": max((p for p, _ in batches), default=0),
+            "mean_pairs_per_batch": float(np.mean([b[0] for b in batches])) if batches else 0.0,
+            "mean_calls_per_batch": float(np.mean([b[1] for b in batches])) if batches else 0.0,
+            "max_pairs_per_batch": max((b[0] for b in batches), default=0),
+            # Model time, and its share of the time from the first batch's start to the last
+            # one's end: what is left is the gap between batches (queueing, tokenizing, replies).
+            "forward_s": busy,
+            "model_busy_share": busy / span if span > 0 else 0.0,
         }
 
     def reset_batch_stats(self) -> None:

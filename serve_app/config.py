@@ -58,11 +58,12 @@ class ModelConfig(_Section):
         description="Sub-batches a replica runs at once on CPU; default = the replica's CPUs "
         "divided by torch_threads.",
     )
-    forward_tokens: int = Field(
-        1024,
+    forward_tokens: int | None = Field(
+        None,
         ge=16,
         description="Padded tokens (longest pair x pairs) of one forward sub-batch; a batch is "
-        "cut into length-sorted sub-batches of this size.",
+        "cut into length-sorted sub-batches of this size. Default 512 on CPU (less padding, "
+        "same speed per token), 16384 on GPU.",
     )
     result_cache_entries: int = Field(
         0,
@@ -78,8 +79,11 @@ class ModelConfig(_Section):
 class BatchingConfig(_Section):
     """Cross-request dynamic batching (`@serve.batch`); live-tunable through `user_config`."""
 
+    # The model cuts a batch into small length-sorted sub-batches (ModelConfig.forward_tokens);
+    # the more pairs a batch holds, the closer in length each sub-batch's pairs are and the
+    # less it pads: 8192 tokens (~60 pairs) ran ~3% faster than 4096 under 64 HTTP clients here.
     max_batch_tokens: int = Field(
-        4096, ge=16, description="Token budget of one batch (sum of pair lengths)."
+        8192, ge=16, description="Token budget of one batch (sum of pair lengths)."
     )
     # 0 on CPU: the forward blocks the replica's loop (serve_app/classifier.py), so whatever
     # arrived during one forward is queued together when it ends and the next batch takes it

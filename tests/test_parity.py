@@ -201,7 +201,7 @@ def test_parallel_sub_batches_give_the_pipeline_scores(
 def test_thread_plan_defaults_to_one_thread_per_cpu_sub_batch() -> None:
     import torch
 
-    from serve_app.model import _spread, thread_plan
+    from serve_app.model import _balanced, thread_plan
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert thread_plan(None, None, cpu, 4) == (1, 4)
@@ -210,5 +210,12 @@ def test_thread_plan_defaults_to_one_thread_per_cpu_sub_batch() -> None:
     assert thread_plan(3, 1, cpu, 4) == (3, 1)
     assert thread_plan(None, None, cuda, 8)[1] == 1
     # A lone request's pairs are split so that every worker has some.
-    assert sorted(map(len, _spread([[0, 1, 2, 3, 4]], 2))) == [2, 3]
-    assert _spread([[0]], 4) == [[0]]
+    pairs = [((1,) * n, None) for n in (10, 10, 11, 11, 12)]
+    assert sorted(map(len, _balanced(list(range(5)), pairs, 1, 2))) == [2, 3]
+    assert _balanced([0], pairs, 1, 4) == [[0]]
+    # Runs of about equal tokens, a multiple of the workers, in length order.
+    pairs = [((1,) * n, None) for n in range(10, 210, 10)]
+    runs = _balanced(list(range(20)), pairs, 3, 2)
+    assert len(runs) == 4 and [i for run in runs for i in run] == list(range(20))
+    sums = [sum(len(pairs[i][0]) for i in run) for run in runs]
+    assert max(sums) - min(sums) <= 200
