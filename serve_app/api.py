@@ -126,6 +126,17 @@ def install_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "1"},
         )
 
+    # A bug of ours still answers in the error envelope (never a traceback), and with a type
+    # clients must not retry: the same request would fail the same way. Only Serve's own proxy
+    # answers a plain-text 500, when the ingress replica holding the request died.
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error while answering")
+        return JSONResponse(
+            error_body("internal_error", "the server failed to answer; this is a zsc bug"),
+            status_code=500,
+        )
+
 
 def create_app(svc: Services) -> FastAPI:
     app = FastAPI(

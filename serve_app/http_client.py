@@ -1,14 +1,21 @@
 """Python HTTP client of the zsc service: `ZeroShotClient` (sync) and `AsyncZeroShotClient`.
 
-Both speak the public HTTP contract (DESIGN.md §4). The request bodies, the error mapping and
-the retry rule are plain functions shared by the two classes, so they differ only in transport
-(`httpx.Client` or `httpx.AsyncClient`) and in how they sleep.
+Both speak the public HTTP contract (DESIGN.md §4). Every operation is written once, as a
+generator of steps (`_Send` a request, `_Sleep`) that knows nothing of sockets; the two classes
+only drive those steps, with `httpx.Client` + `time.sleep` or `httpx.AsyncClient` +
+`asyncio.sleep`. So the retry rule, the polling and the paging cannot drift apart.
 
-Retries: a 429 (rate limited) or 503 (overloaded, restarting) answer means the request was not
-processed, so it is sent again after the server's `Retry-After` (plus a little jitter, so
-clients refused together do not return together), at most `max_retries` times. Job submissions
-carry an `Idempotency-Key` (generated unless given) so that a retried submission never creates
-a second job.
+Retries. Every zsc request is safe to send again: classification is a pure function of its
+input, reads are reads, a cancel is idempotent, and a job submission carries an
+`Idempotency-Key` (generated unless given) so that a resent submission returns the same job.
+So an answer that says the request was not completed is resent, at most `max_retries` times:
+- 429 (rate limited) and 503 (overloaded, a replica being replaced): after `Retry-After`;
+- 502/504 (a gateway in front lost its upstream), a connection refused or dropped mid-answer
+  (a replica or node restarting), and a 500 outside zsc's JSON error envelope: Ray Serve's
+  proxy answers that plain-text 500 for the requests inside an ingress replica that died
+  (zsc's own 500s are JSON, type `internal_error`, and are not retried: they would repeat);
+  after an exponential backoff.
+Waits get a little jitter, so clients refused together do not return together.
 
     with ZeroShotClient("http://127.0.0.1:8000") as zsc:
         body = zsc.classify("The battery lasts two days.", ["tech", "sports"])
@@ -22,9 +29,9 @@ import email.utils
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 
@@ -32,7 +39,13 @@ from serve_app.config import DEFAULT_TEMPLATE
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-RETRY_STATUSES = frozenset({429, 503})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+GATEWAY_STATUSES = frozenset({502, 504})
+# Connection refused, reset, or closed before a whole answer: the request did not complete.
+# Timeouts are not here: the caller's timeout is its budget, and a resend would double it.
+RETRY_TRANSPORT_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError)
+
+T = TypeVar("T")
 
 
 class ZscHTTPError(Exception):
@@ -58,23 +71,46 @@ class ZscHTTPError(Exception):
         return f"HTTP {self.status} {self.type}: {self.message}{hint}"
 
 
+def is_zsc_error(response: httpx.Response) -> bool:
+    """Whether the body is zsc's `{"error": {...}}` envelope (so zsc itself answered)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def request_not_completed(outcome: httpx.Response | Exception) -> bool:
+    """Whether an answer means "not done, send it again" without a Retry-After (see module doc)."""
+    if isinstance(outcome, Exception):
+        return isinstance(outcome, RETRY_TRANSPORT_ERRORS)
+    if outcome.status_code in GATEWAY_STATUSES:
+        return True
+    return outcome.status_code == 500 and not is_zsc_error(outcome)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How 429/503 answers are retried."""
+    """Which answers are resent, how often, and after how long."""
 
     max_retries: int = 5
     # A server that asks for a longer wait than this is answered with the error at once:
     # sleeping minutes inside a library call surprises callers more than an exception does.
     max_wait_s: float = 60.0
-    # Used when a 429/503 carries no Retry-After: first wait, doubled per attempt.
+    # Without a Retry-After: the first wait, doubled per attempt.
     backoff_s: float = 0.5
     jitter: float = 0.1
 
-    def delay(self, response: httpx.Response, attempt: int) -> float | None:
-        """Seconds to wait before resending, or None when the answer is final."""
-        if response.status_code not in RETRY_STATUSES or attempt >= self.max_retries:
+    def delay(self, outcome: httpx.Response | Exception, attempt: int) -> float | None:
+        """Seconds to wait before resending, or None when the outcome is final."""
+        if attempt >= self.max_retries:
             return None
-        wait = parse_retry_after(response.headers.get("retry-after"))
+        if isinstance(outcome, httpx.Response) and outcome.status_code in RETRY_AFTER_STATUSES:
+            wait = parse_retry_after(outcome.headers.get("retry-after"))
+        elif request_not_completed(outcome):
+            wait = None
+        else:
+            return None
         if wait is None:
             wait = self.backoff_s * 2**attempt
         if wait > self.max_wait_s:
@@ -151,18 +187,45 @@ def parse_response(response: httpx.Response) -> Any:
     )
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    headers = {"Accept": "application/json", "User-Agent": "zsc-client"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    return headers
+# --- Operations, as steps -------------------------------------------------------------------
 
 
-def _idempotency_headers(key: str | None) -> dict[str, str]:
-    return {"Idempotency-Key": key or uuid.uuid4().hex}
+@dataclass(frozen=True)
+class _Send:
+    method: str
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)  # httpx.request keyword arguments
 
 
-def _page_params(page: int, page_size: int | None) -> dict[str, int]:
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+# What a driver sends back into the steps: the answer to a `_Send` (or the transport error
+# that stood for it), or None after a `_Sleep`.
+_Outcome = httpx.Response | httpx.TransportError | None
+Steps = Generator[_Send | _Sleep, _Outcome, T]
+
+
+def _call(retry: RetryPolicy, method: str, path: str, **options: Any) -> Steps[Any]:
+    """One request with the retry rule; returns the parsed JSON body or raises."""
+    attempt = 0
+    while True:
+        outcome = yield _Send(method, path, options)
+        assert outcome is not None
+        wait = retry.delay(outcome, attempt)
+        if wait is None:
+            if isinstance(outcome, Exception):
+                raise outcome
+            return parse_response(outcome)
+        yield _Sleep(wait)
+        attempt += 1
+
+
+def _page_params(page: int | None, page_size: int | None) -> dict[str, int]:
+    if page is None:
+        return {}
     params = {"page": page}
     if page_size is not None:
         params["page_size"] = page_size
@@ -198,7 +261,58 @@ class _Poll:
         return wait
 
 
-class ZeroShotClient:
+def _wait_job(
+    retry: RetryPolicy,
+    job_id: str,
+    poll_interval_s: float,
+    max_poll_interval_s: float,
+    timeout_s: float | None,
+    page_size: int | None,
+) -> Steps[dict[str, Any]]:
+    poll = _Poll(poll_interval_s, max_poll_interval_s, timeout_s)
+    path = f"/v1/jobs/{job_id}"
+    # Asking for page 1 on every poll makes the first answer after the end carry it.
+    job = yield from _call(retry, "GET", path, params=_page_params(1, page_size))
+    while job["state"] not in TERMINAL_STATES:
+        yield _Sleep(poll.next_wait(job_id))
+        job = yield from _call(retry, "GET", path, params=_page_params(1, page_size))
+    results = list(job.get("results") or [])
+    page = job
+    while _has_more(page):
+        params = _page_params(page["results_page"]["page"] + 1, page_size)
+        page = yield from _call(retry, "GET", path, params=params)
+        results.extend(page.get("results") or [])
+    return {**job, "results": results, "results_page": None}
+
+
+class _Operations:
+    """The service's operations as steps; the clients below run them over a transport."""
+
+    retry: RetryPolicy
+
+    def _post_json(self, path: str, body: dict[str, Any]) -> Steps[dict[str, Any]]:
+        return _call(self.retry, "POST", path, json=body)
+
+    def _submit_job(self, body: dict[str, Any], idempotency_key: str | None) -> Steps[dict[str, Any]]:
+        # Fixed here, once, so every resend of this submission carries the same key.
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return _call(self.retry, "POST", "/v1/jobs", json=body, headers=headers)
+
+    def _get(self, path: str, **params: Any) -> Steps[dict[str, Any]]:
+        return _call(self.retry, "GET", path, params=params)
+
+    def _post(self, path: str) -> Steps[dict[str, Any]]:
+        return _call(self.retry, "POST", path)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json", "User-Agent": "zsc-client"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+class ZeroShotClient(_Operations):
     """Synchronous client. Use as a context manager, or call `close()`."""
 
     def __init__(
@@ -223,15 +337,21 @@ class ZeroShotClient:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        attempt = 0
+    def _run(self, steps: Steps[T]) -> T:
+        outcome: _Outcome = None
         while True:
-            response = self._http.request(method, path, **kwargs)
-            wait = self.retry.delay(response, attempt)
-            if wait is None:
-                return parse_response(response)
-            time.sleep(wait)
-            attempt += 1
+            try:
+                step = steps.send(outcome)
+            except StopIteration as done:
+                return done.value
+            if isinstance(step, _Sleep):
+                time.sleep(step.seconds)
+                outcome = None
+                continue
+            try:
+                outcome = self._http.request(step.method, step.path, **step.options)
+            except httpx.TransportError as exc:
+                outcome = exc
 
     def classify(
         self,
@@ -242,13 +362,13 @@ class ZeroShotClient:
     ) -> dict[str, Any]:
         """`POST /v1/classify`; returns the body (`model`, `results`, `usage`, ...)."""
         body = classify_body(texts, labels, hypothesis_template, multi_label)
-        return self._request("POST", "/v1/classify", json=body)
+        return self._run(self._post_json("/v1/classify", body))
 
     def model_info(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/model")
+        return self._run(self._get("/v1/model"))
 
     def health(self) -> dict[str, Any]:
-        return self._request("GET", "/healthz")
+        return self._run(self._get("/healthz"))
 
     def submit_job(
         self,
@@ -262,23 +382,20 @@ class ZeroShotClient:
     ) -> dict[str, Any]:
         """`POST /v1/jobs`; returns the job (`id`, `state`, ...)."""
         body = job_body(texts, labels, hypothesis_template, multi_label, callback_url, metadata)
-        return self._request(
-            "POST", "/v1/jobs", json=body, headers=_idempotency_headers(idempotency_key)
-        )
+        return self._run(self._submit_job(body, idempotency_key))
 
     def get_job(
         self, job_id: str, page: int | None = None, page_size: int | None = None
     ) -> dict[str, Any]:
         """`GET /v1/jobs/{id}`: state and progress; once ended, one page of results."""
-        params = {} if page is None else _page_params(page, page_size)
-        return self._request("GET", f"/v1/jobs/{job_id}", params=params)
+        return self._run(self._get(f"/v1/jobs/{job_id}", **_page_params(page, page_size)))
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._run(self._post(f"/v1/jobs/{job_id}/cancel"))
 
     def list_jobs(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
         """`GET /v1/jobs`: `{"data": [jobs, newest first], "next_cursor"}`."""
-        return self._request("GET", "/v1/jobs", params=_list_params(limit, cursor))
+        return self._run(self._get("/v1/jobs", **_list_params(limit, cursor)))
 
     def wait_job(
         self,
@@ -292,22 +409,17 @@ class ZeroShotClient:
 
         Results are in the order of the submitted texts; after a cancel or a failure, a text
         that never ran is None."""
-        poll = _Poll(poll_interval_s, max_poll_interval_s, timeout_s)
-        # Asking for page 1 on every poll makes the first answer after the end carry it.
-        job = self.get_job(job_id, 1, page_size)
-        while job["state"] not in TERMINAL_STATES:
-            time.sleep(poll.next_wait(job_id))
-            job = self.get_job(job_id, 1, page_size)
-        results = list(job.get("results") or [])
-        page = job
-        while _has_more(page):
-            page = self.get_job(job_id, page["results_page"]["page"] + 1, page_size)
-            results.extend(page.get("results") or [])
-        return {**job, "results": results, "results_page": None}
+        return self._run(
+            _wait_job(
+                self.retry, job_id, poll_interval_s, max_poll_interval_s, timeout_s, page_size
+            )
+        )
 
 
-class AsyncZeroShotClient:
-    """Asynchronous client (`httpx.AsyncClient`). Use `async with`, or `await aclose()`."""
+class AsyncZeroShotClient(_Operations):
+    """Asynchronous client (`httpx.AsyncClient`). Use `async with`, or `await aclose()`.
+
+    Same operations, arguments and answers as `ZeroShotClient`."""
 
     def __init__(
         self,
@@ -336,15 +448,21 @@ class AsyncZeroShotClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        attempt = 0
+    async def _run(self, steps: Steps[T]) -> T:
+        outcome: _Outcome = None
         while True:
-            response = await self._http.request(method, path, **kwargs)
-            wait = self.retry.delay(response, attempt)
-            if wait is None:
-                return parse_response(response)
-            await asyncio.sleep(wait)
-            attempt += 1
+            try:
+                step = steps.send(outcome)
+            except StopIteration as done:
+                return done.value
+            if isinstance(step, _Sleep):
+                await asyncio.sleep(step.seconds)
+                outcome = None
+                continue
+            try:
+                outcome = await self._http.request(step.method, step.path, **step.options)
+            except httpx.TransportError as exc:
+                outcome = exc
 
     async def classify(
         self,
@@ -354,13 +472,13 @@ class AsyncZeroShotClient:
         multi_label: bool = False,
     ) -> dict[str, Any]:
         body = classify_body(texts, labels, hypothesis_template, multi_label)
-        return await self._request("POST", "/v1/classify", json=body)
+        return await self._run(self._post_json("/v1/classify", body))
 
     async def model_info(self) -> dict[str, Any]:
-        return await self._request("GET", "/v1/model")
+        return await self._run(self._get("/v1/model"))
 
     async def health(self) -> dict[str, Any]:
-        return await self._request("GET", "/healthz")
+        return await self._run(self._get("/healthz"))
 
     async def submit_job(
         self,
@@ -373,21 +491,18 @@ class AsyncZeroShotClient:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         body = job_body(texts, labels, hypothesis_template, multi_label, callback_url, metadata)
-        return await self._request(
-            "POST", "/v1/jobs", json=body, headers=_idempotency_headers(idempotency_key)
-        )
+        return await self._run(self._submit_job(body, idempotency_key))
 
     async def get_job(
         self, job_id: str, page: int | None = None, page_size: int | None = None
     ) -> dict[str, Any]:
-        params = {} if page is None else _page_params(page, page_size)
-        return await self._request("GET", f"/v1/jobs/{job_id}", params=params)
+        return await self._run(self._get(f"/v1/jobs/{job_id}", **_page_params(page, page_size)))
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return await self._request("POST", f"/v1/jobs/{job_id}/cancel")
+        return await self._run(self._post(f"/v1/jobs/{job_id}/cancel"))
 
     async def list_jobs(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
-        return await self._request("GET", "/v1/jobs", params=_list_params(limit, cursor))
+        return await self._run(self._get("/v1/jobs", **_list_params(limit, cursor)))
 
     async def wait_job(
         self,
@@ -397,17 +512,11 @@ class AsyncZeroShotClient:
         timeout_s: float | None = None,
         page_size: int | None = None,
     ) -> dict[str, Any]:
-        poll = _Poll(poll_interval_s, max_poll_interval_s, timeout_s)
-        job = await self.get_job(job_id, 1, page_size)
-        while job["state"] not in TERMINAL_STATES:
-            await asyncio.sleep(poll.next_wait(job_id))
-            job = await self.get_job(job_id, 1, page_size)
-        results = list(job.get("results") or [])
-        page = job
-        while _has_more(page):
-            page = await self.get_job(job_id, page["results_page"]["page"] + 1, page_size)
-            results.extend(page.get("results") or [])
-        return {**job, "results": results, "results_page": None}
+        return await self._run(
+            _wait_job(
+                self.retry, job_id, poll_interval_s, max_poll_interval_s, timeout_s, page_size
+            )
+        )
 
 
 __all__ = [

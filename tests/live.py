@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import httpx
 import ray
 
+from serve_app.http_client import ZeroShotClient, ZscHTTPError
+
 T = TypeVar("T")
 
 # Serve names every replica actor SERVE_REPLICA::<app>#<deployment>#<id> in namespace "serve";
@@ -127,28 +129,53 @@ class SteadyLoad:
 
     def _client(self) -> None:
         next_at = time.monotonic()
-        with httpx.Client(timeout=120, headers=self.headers) as client:
+        with self._connect() as client:
             while not self._stop.is_set():
                 if self.interval_s is not None:
                     # Pacing the offered load, not waiting for an outcome.
                     next_at += self.interval_s
                     if self._stop.wait(max(0.0, next_at - time.monotonic())):
                         break
-                started = time.monotonic()
-                try:
-                    response = client.post(self.url, json=self.body)
-                except httpx.HTTPError as exc:
-                    outcome = Outcome(started, time.monotonic(), None, error=type(exc).__name__)
-                else:
-                    outcome = Outcome(
-                        started,
-                        time.monotonic(),
-                        response.status_code,
-                        response.headers.get("retry-after"),
-                        _error_type(response) if response.status_code != 200 else None,
-                    )
+                outcome = self._send(client)
                 with self._lock:
                     self.outcomes.append(outcome)
+
+    def _connect(self) -> Any:
+        return httpx.Client(timeout=120, headers=self.headers)
+
+    def _send(self, client: httpx.Client) -> Outcome:
+        started = time.monotonic()
+        try:
+            response = client.post(self.url, json=self.body)
+        except httpx.HTTPError as exc:
+            return Outcome(started, time.monotonic(), None, error=type(exc).__name__)
+        return Outcome(
+            started,
+            time.monotonic(),
+            response.status_code,
+            response.headers.get("retry-after"),
+            _error_type(response) if response.status_code != 200 else None,
+        )
+
+
+class ZscClientLoad(SteadyLoad):
+    """Like SteadyLoad, but each request goes through `ZeroShotClient.classify` (with its retry
+    rule): an outcome is 200 when the call returned its results, else the error it raised.
+    `url` is the service's base URL; `body` holds `texts` and `labels`."""
+
+    def _connect(self) -> ZeroShotClient:
+        return ZeroShotClient(self.url, timeout=120)
+
+    def _send(self, client: ZeroShotClient) -> Outcome:  # type: ignore[override]
+        started = time.monotonic()
+        try:
+            body = client.classify(self.body["texts"], self.body["labels"])
+        except ZscHTTPError as exc:
+            return Outcome(started, time.monotonic(), exc.status, error=exc.type)
+        except httpx.HTTPError as exc:
+            return Outcome(started, time.monotonic(), None, error=type(exc).__name__)
+        assert len(body["results"]) == len(self.body["texts"])
+        return Outcome(started, time.monotonic(), 200)
 
 
 def _error_type(response: httpx.Response) -> str:

@@ -1,11 +1,13 @@
 """Chaos under steady load: kill a Classifier replica, an Ingress replica, the rate limiter actor
 and the job runner in turn, and nothing accepted is lost.
 
-Every request gets an answer: its result, or a 503 with Retry-After (the ingress maps a replica
-that died under it to that). The one exception is Serve's own: when an *ingress* replica dies,
-Serve's HTTP proxy answers the requests that were inside it with a plain 500 of its own (no app
-code runs there to say otherwise); those are counted, bounded by what was in flight at the kill,
-and reported. Jobs submitted before and during the kills all complete, with every result.
+Two loads run side by side. Raw HTTP: every request gets an answer, its result or a 503 with
+Retry-After (the ingress maps a replica that died under it to that), with one exception that is
+Serve's own: when an *ingress* replica dies, Serve's HTTP proxy answers the requests that were
+inside it with a plain-text 500 (no app code runs there to say otherwise); those are bounded by
+what was in flight at the kill. Through `ZeroShotClient`: every call returns its results, because
+the client resends what did not complete (every zsc request is safe to resend). Jobs submitted
+before and during the kills all complete, with every result.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import httpx
 import pytest
 import ray
 
-from live import Outcome, SteadyLoad, replica_names, wait_for
+from live import Outcome, SteadyLoad, ZscClientLoad, replica_names, wait_for
 from serve_app.limiter import ACTOR_NAMESPACE, actor_name
 
 pytestmark = pytest.mark.ray
 
 APP = "chaos"
-CLIENTS = 4
+CLIENTS = 4  # raw HTTP
+ZSC_CLIENTS = 2  # through ZeroShotClient
 BODY = {"texts": ["The striker scored in the final minute."], "labels": ["sports", "finance", "art"]}
 JOB_TEXTS = [f"Item {i}: prices rose as the team won the election." for i in range(300)]
 REPLICAS = {"Classifier": 2, "Ingress": 2, "JobRunner": 1}
@@ -90,7 +93,9 @@ def limiter_id() -> str | None:
 def test_nothing_accepted_is_lost_when_parts_die(url: str) -> None:
     jobs = submit_jobs(url, 2)
     kills: dict[str, float] = {}
-    with SteadyLoad(f"{url}/v1/classify", BODY, CLIENTS) as load:
+    with SteadyLoad(f"{url}/v1/classify", BODY, CLIENTS) as load, ZscClientLoad(
+        url, BODY, ZSC_CLIENTS
+    ) as zsc_load:
         wait_for(lambda: load.ok_since(0) >= 20, 120, "steady load")
 
         for deployment in ("Classifier", "Ingress"):
@@ -115,6 +120,10 @@ def test_nothing_accepted_is_lost_when_parts_die(url: str) -> None:
         wait_for(lambda: load.ok_since(time.monotonic() - 1) >= 10, 120, "answers again")
 
     report(load.outcomes, kills)
+    report(zsc_load.outcomes, kills, "through ZeroShotClient")
+    failed_calls = [o for o in zsc_load.outcomes if o.status != 200]
+    assert not failed_calls, f"ZeroShotClient calls without results: {failed_calls[:5]}"
+    assert len(zsc_load.outcomes) >= 20
     lost = [o for o in load.outcomes if not acceptable(o, kills["Ingress"])]
     assert not lost, f"{len(lost)} requests without a result or a retry: {lost[:5]}"
     proxy_500s = [o for o in load.outcomes if o.status == 500]
@@ -141,10 +150,10 @@ def acceptable(outcome: Outcome, ingress_killed_at: float) -> bool:
     return outcome.status == 500 and in_flight
 
 
-def report(outcomes: list[Outcome], kills: dict[str, float]) -> None:
+def report(outcomes: list[Outcome], kills: dict[str, float], via: str = "raw HTTP") -> None:
     start = min(o.started for o in outcomes)
     kinds = Counter((o.status, o.error) for o in outcomes)
-    print(f"\nchaos: {len(outcomes)} requests, outcomes {dict(kinds)}")
+    print(f"\nchaos ({via}): {len(outcomes)} requests, outcomes {dict(kinds)}")
     times = sorted(kills.items(), key=lambda item: item[1])
     for i, (what, at) in enumerate(times):
         until = times[i + 1][1] if i + 1 < len(times) else float("inf")

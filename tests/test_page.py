@@ -150,3 +150,40 @@ def test_relative_urls_under_a_prefix_and_429(page: Page, zsc_url: str) -> None:
     expect(page.locator("#submit")).to_be_disabled()
     assert "/mounted/v1/model" in seen and "/mounted/v1/classify" in seen
     assert all(path.startswith("/mounted/") for path in seen), seen
+
+
+PAGE_KEY = "page-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(deploy_app) -> str:
+    from serve_app.auth import hash_key
+
+    return deploy_app("pagekeys", auth={"api_key_hashes": {"web": hash_key(PAGE_KEY)}})
+
+
+def test_with_api_keys_on_the_page_asks_for_one_and_sends_it(page: Page, keyed_url: str) -> None:
+    page.goto(f"{keyed_url}/")
+    key_field = page.locator("#api-key")
+    expect(key_field).to_be_visible()  # v1/model answered 401
+    expect(page.locator("#model-name")).to_have_text("unavailable")
+
+    page.fill("#api-key", "not-the-key")
+    fill_form(page, TEXTS[:1], LABELS)
+    expect(page.locator("#error")).to_contain_text("needs an API key")
+    expect(page.locator("article.result")).to_have_count(0)
+
+    page.fill("#api-key", PAGE_KEY)
+    page.locator("#api-key").dispatch_event("change")
+    model = httpx.get(
+        f"{keyed_url}/v1/model", headers={"Authorization": f"Bearer {PAGE_KEY}"}, timeout=30
+    ).json()["model"]
+    expect(page.locator("#model-name")).to_have_text(model)
+    page.click("#submit")
+    expect(page.locator("article.result")).to_have_count(1)
+    expect(page.locator("#error")).to_be_hidden()
+
+    # Kept for this tab: a reload still sends it, and it never appears in the URL.
+    page.reload()
+    expect(page.locator("#model-name")).to_have_text(model)
+    assert PAGE_KEY not in page.url
