@@ -7,7 +7,7 @@ DEMO_MODEL ?= .zsc/demo-model
 PORT ?= 8000
 STAMP := $(VENV)/.zsc-installed
 
-.PHONY: install run demo test test-fast browser soak bench clean
+.PHONY: install run demo test test-fast browser soak bench bench-gpu clean
 
 # torch is pinned first: 2.13.0 is the CPU build this project is tested with (a plain `torch`
 # would pull a multi-GB CUDA build on machines without a GPU).
@@ -43,6 +43,13 @@ soak: install
 
 bench: install
 	$(BIN)/zsc bench
+
+# On a machine with an NVIDIA GPU. It installs nothing: the venv above holds the CPU build of
+# torch, so it runs an interpreter that already has a CUDA build of torch and the project's
+# dependencies (GPU_PYTHON=...). `.venv/bin/python bench/bench_gpu.py --smoke` checks it on CPU.
+GPU_PYTHON ?= python3
+bench-gpu:
+	$(GPU_PYTHON) bench/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) .zsc .pytest_cache

@@ -47,7 +47,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -387,7 +387,7 @@ def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[flo
 
 
 async def closed_loop(
-    send: Callable[[Item], Awaitable[bool]], items: Sequence[Item], clients: int
+    send: Callable[[Item], Awaitable[bool]], items: Iterable[Item], clients: int
 ) -> tuple[float, list[float], int, int]:
     """`clients` callers share the workload; each sends its next request when answered.
     Returns wall time, latencies of the answered requests, pairs answered, and errors."""
@@ -416,7 +416,7 @@ async def closed_loop(
     return now() - started, latencies, answered_pairs, errors
 
 
-async def http_run(url: str, items: Sequence[Item], clients: int) -> tuple[float, list[float], int, int]:
+async def http_run(url: str, items: Iterable[Item], clients: int) -> tuple[float, list[float], int, int]:
     import httpx
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -457,16 +457,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_model(model_dir: Path) -> Path:
-    """The full-size random model, built once (about 30 s) and reused."""
+def ensure_model(model_dir: Path, full_size: bool = True) -> Path:
+    """The random model (full-size by default, else the tiny test one), built once (about 30 s
+    full-size) and reused."""
     if (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file():
         return model_dir
     from serve_app.testing import build_test_model
 
-    log(f"building the full-size random model into {model_dir} (once)")
+    log(f"building the {'full-size' if full_size else 'tiny'} random model into {model_dir} (once)")
     partial = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    build_test_model(partial, full_size=True)
+    build_test_model(partial, full_size=full_size)
     shutil.rmtree(model_dir, ignore_errors=True)
     partial.rename(model_dir)  # only a finished model ever sits at model_dir
     return model_dir
