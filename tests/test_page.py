@@ -159,7 +159,17 @@ PAGE_KEY = "page-test-key-0123456789"
 def keyed_url(deploy_app) -> str:
     from serve_app.auth import hash_key
 
-    return deploy_app("pagekeys", auth={"api_key_hashes": {"web": hash_key(PAGE_KEY)}})
+    url = deploy_app("pagekeys", auth={"api_key_hashes": {"web": hash_key(PAGE_KEY)}})
+    # A fresh replica's first forward can take seconds on a busy CI machine; take it here, so
+    # the page's timeouts measure the page.
+    warm = httpx.post(
+        f"{url}/v1/classify",
+        json={"texts": TEXTS[:1], "labels": LABELS},
+        headers={"Authorization": f"Bearer {PAGE_KEY}"},
+        timeout=120,
+    )
+    assert warm.status_code == 200, warm.text
+    return url
 
 
 def test_with_api_keys_on_the_page_asks_for_one_and_sends_it(page: Page, keyed_url: str) -> None:
@@ -180,7 +190,7 @@ def test_with_api_keys_on_the_page_asks_for_one_and_sends_it(page: Page, keyed_u
     ).json()["model"]
     expect(page.locator("#model-name")).to_have_text(model)
     page.click("#submit")
-    expect(page.locator("article.result")).to_have_count(1)
+    expect(page.locator("article.result")).to_have_count(1, timeout=30_000)
     expect(page.locator("#error")).to_be_hidden()
 
     # Kept for this tab: a reload still sends it, and it never appears in the URL.
