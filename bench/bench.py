@@ -343,6 +343,26 @@ def raw_forward(
     return wall, [last[t] - first[t] for t in range(len(pairs))], logits
 
 
+def batch_size_sweep(
+    models: dict[str, Any], pairs: Sequence[Sequence[Pair]], batch_sizes: Sequence[int]
+) -> tuple[dict[str, dict[int, float]], dict[str, list[np.ndarray]]]:
+    """(c)'s batch-size sweep: pairs/s per model and batch size, and each model's logits.
+
+    The models are interleaved, ascending then descending batch sizes, so drift in the
+    machine's load hits every setting alike."""
+    walls: dict[str, dict[int, float]] = {name: defaultdict(float) for name in models}
+    logits_by_model: dict[str, list[np.ndarray]] = {}
+    for order in (batch_sizes, batch_sizes[::-1]):
+        for bs in order:
+            for name, model in models.items():
+                wall, _, logits = raw_forward(model, pairs, bs)
+                walls[name][bs] += wall
+                logits_by_model.setdefault(name, logits)
+    n_pairs = sum(map(len, pairs))
+    pairs_per_s = {name: {bs: 2 * n_pairs / w for bs, w in by_bs.items()} for name, by_bs in walls.items()}
+    return pairs_per_s, logits_by_model
+
+
 def thread_pool(model: Any, pairs: Sequence[Sequence[Pair]], workers: int) -> tuple[float, list[float]]:
     """(a): one forward per text, its labels as one small batch, in a pool of threads.
     Texts are tokenized beforehand (fast tokenizers are not thread-safe), which favours (a)."""
@@ -733,19 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for item in mixed[:2]:
                 http.post("/v1/classify", json={"texts": [item.text], "labels": list(item.labels)}).raise_for_status()
 
-        # Batch-size sweep for (c), both backends interleaved, ascending then descending, so
-        # drift in the machine's load hits every setting alike.
         sweep_models = {**models, f"fp32, {cpus} threads x 1": baseline}
-        sweep_wall: dict[str, dict[int, float]] = {name: defaultdict(float) for name in sweep_models}
-        sweep_logits: dict[str, list[np.ndarray]] = {}
-        for order in (plan.batch_sizes, plan.batch_sizes[::-1]):
-            for bs in order:
-                for name, m in sweep_models.items():
-                    wall, _, logits = raw_forward(m, sweep_pairs, bs)
-                    sweep_wall[name][bs] += wall
-                    sweep_logits.setdefault(name, logits)
-        sweep = {name: {bs: 2 * workload["sweep"]["pairs"] / w for bs, w in walls.items()}
-                 for name, walls in sweep_wall.items()}
+        sweep, sweep_logits = batch_size_sweep(sweep_models, sweep_pairs, plan.batch_sizes)
         for bs in plan.batch_sizes:
             log(f"sweep batch {bs}: fp32 {sweep['fp32'][bs]:.2f}, int8 {sweep['int8'][bs]:.2f} pairs/s")
         best_bs = {name: max(values, key=values.get) for name, values in sweep.items()}

@@ -60,6 +60,7 @@ from bench import (  # noqa: E402  (importing bench also sets the offline/Ray en
     Item,
     Round,
     Tally,
+    batch_size_sweep,
     describe_workload,
     ensure_model,
     free_port,
@@ -252,18 +253,7 @@ def measure_raw(
             raw_forward(model, sweep_pairs, bs)
     thread_pool(fp32, sweep_pairs[: 4 * plan.pool_workers], plan.pool_workers)
 
-    # Batch-size sweep, both precisions interleaved, ascending then descending, so drift hits
-    # every setting alike.
-    walls: dict[str, dict[int, float]] = {name: {bs: 0.0 for bs in plan.batch_sizes} for name in models}
-    sweep_logits: dict[str, list[Any]] = {}
-    for order in (plan.batch_sizes, plan.batch_sizes[::-1]):
-        for bs in order:
-            for name, model in models.items():
-                wall, _, logits = raw_forward(model, sweep_pairs, bs)
-                walls[name][bs] += wall
-                sweep_logits.setdefault(name, logits)
-    sweep_pairs_n = sum(map(len, sweep_pairs))
-    sweep = {name: {bs: 2 * sweep_pairs_n / w for bs, w in by_bs.items()} for name, by_bs in walls.items()}
+    sweep, sweep_logits = batch_size_sweep(models, sweep_pairs, plan.batch_sizes)
     for bs in plan.batch_sizes:
         log("sweep batch " + str(bs) + ": " + ", ".join(f"{n} {sweep[n][bs]:.0f}" for n in models) + " pairs/s")
     best_bs = {name: max(values, key=values.get) for name, values in sweep.items()}

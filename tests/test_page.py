@@ -178,10 +178,18 @@ def test_with_api_keys_on_the_page_asks_for_one_and_sends_it(page: Page, keyed_u
     expect(key_field).to_be_visible()  # v1/model answered 401
     expect(page.locator("#model-name")).to_have_text("unavailable")
 
+    # A background call's 401 (the model info, after a key change) shows the field but never
+    # pulls the focus away from where the user is typing.
     page.fill("#api-key", "not-the-key")
+    page.focus("#labels")
+    with page.expect_response(lambda r: r.url.endswith("/v1/model") and r.status == 401):
+        page.locator("#api-key").dispatch_event("change")
+    assert page.evaluate("document.activeElement.id") == "labels"
+
     fill_form(page, TEXTS[:1], LABELS)
     expect(page.locator("#error")).to_contain_text("needs an API key")
     expect(page.locator("article.result")).to_have_count(0)
+    expect(key_field).to_be_focused()  # the user's own submit was refused: the key is next
 
     page.fill("#api-key", PAGE_KEY)
     page.locator("#api-key").dispatch_event("change")
@@ -190,7 +198,9 @@ def test_with_api_keys_on_the_page_asks_for_one_and_sends_it(page: Page, keyed_u
     ).json()["model"]
     expect(page.locator("#model-name")).to_have_text(model)
     page.click("#submit")
-    expect(page.locator("article.result")).to_have_count(1, timeout=30_000)
+    # Whichever comes first, a result or an error; the error's words say what went wrong.
+    expect(page.locator("article.result, #error:not([hidden])").first).to_be_visible(timeout=30_000)
+    assert page.locator("article.result").count() == 1, page.locator("#error").text_content()
     expect(page.locator("#error")).to_be_hidden()
 
     # Kept for this tab: a reload still sends it, and it never appears in the URL.

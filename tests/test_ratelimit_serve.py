@@ -185,9 +185,18 @@ async def test_a_request_above_the_burst_is_refused_for_good_not_429(rl_url: str
 
 
 def kill_limiter(app: str) -> bytes:
+    """Kill the app's limiter actor and return once it is dead: ray.kill only asks, and a call
+    sent right after it may still be answered by the dying actor."""
     actor = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
     ray.kill(actor)
-    return actor._actor_id.binary()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=5)
+        except ray.exceptions.RayActorError:
+            return actor._actor_id.binary()
+        assert time.monotonic() < deadline, "the limiter actor outlived ray.kill"
+        time.sleep(0.05)
 
 
 async def wait_for_new_limiter(app: str, old_id: bytes, timeout_s: float = 60.0) -> None:
@@ -210,7 +219,7 @@ async def test_killing_the_limiter_fails_open_then_the_limit_holds_again(rl_url:
     running = asyncio.ensure_future(load(rl_url, address, seconds=14.0, load_state=state))
     await asyncio.sleep(2.0)
     killed_at = time.monotonic()
-    old_id = kill_limiter("rl")
+    old_id = await asyncio.to_thread(kill_limiter, "rl")
     await wait_for_new_limiter("rl", old_id)
     back_at = time.monotonic()
     await running
@@ -242,7 +251,7 @@ async def test_fail_closed_refuses_with_503_and_finds_the_actor_again(serve_inst
     client = RateLimitClient(client_config("closed"), app_name=app)
     assert client.connect()
     assert (await client.admit("k", 1)).allowed
-    old_id = kill_limiter(app)
+    old_id = await asyncio.to_thread(kill_limiter, app)
     with pytest.raises(ServiceUnavailable) as refused:
         await client.admit("k", 1)
     assert refused.value.retry_after_s == 1
