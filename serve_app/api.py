@@ -73,6 +73,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     return 422, "invalid_request", "; ".join(parts)
 
 
+def retry_later(type_: str, message: str, retry_after_s: int = 1) -> JSONResponse:
+    """A 503 that says when to send the same request again."""
+    return JSONResponse(
+        error_body(type_, message), status_code=503, headers={"Retry-After": str(retry_after_s)}
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -92,39 +99,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
-        return JSONResponse(
-            error_body("unavailable", exc.message),
-            status_code=503,
-            headers={"Retry-After": str(exc.retry_after_s)},
-        )
+        return retry_later("unavailable", exc.message, exc.retry_after_s)
 
     @app.exception_handler(BackPressureError)
     async def _backpressure(_: Request, exc: BackPressureError) -> JSONResponse:
-        return JSONResponse(
-            error_body("overloaded", "the classifier queue is full; retry after 1 second"),
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return retry_later("overloaded", "the classifier queue is full; retry after 1 second")
 
     @app.exception_handler(RayServeException)
     async def _serve_error(_: Request, exc: RayServeException) -> JSONResponse:
         log.warning("serve error while answering: %s", exc)
-        return JSONResponse(
-            error_body("unavailable", "a replica failed while answering; retry after 1 second"),
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return retry_later("unavailable", "a replica failed while answering; retry after 1 second")
 
     # A Classifier or JobRunner replica died or became unreachable while answering (a crash, a
     # node loss, ray.kill): Serve replaces it within seconds, so the same request will pass then.
     @app.exception_handler(RayActorError)
     async def _replica_died(_: Request, exc: RayActorError) -> JSONResponse:
         log.warning("replica died while answering: %s", type(exc).__name__)
-        return JSONResponse(
-            error_body("unavailable", "a replica died while answering; retry after 1 second"),
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        return retry_later("unavailable", "a replica died while answering; retry after 1 second")
 
     # A bug of ours still answers in the error envelope (never a traceback), and with a type
     # clients must not retry: the same request would fail the same way. Only Serve's own proxy

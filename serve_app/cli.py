@@ -155,7 +155,11 @@ def batch(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight at once."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Texts per request."),
     retries: int = typer.Option(
-        20, "--retries", min=0, help="Resends of a request refused with 429/503, each after Retry-After."
+        20,
+        "--retries",
+        min=0,
+        help="Resends of a request that did not complete: 429/503 after Retry-After; a dropped "
+        "connection, 502/504 or Serve's plain-text 500 with backoff.",
     ),
 ) -> None:
     """Classify every row of a file, with a progress bar; rerun the same command to resume.
