@@ -51,7 +51,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -68,7 +68,8 @@ if str(REPO) not in sys.path:  # `python bench/bench.py` puts bench/, not the re
     sys.path.insert(0, str(REPO))
 
 from serve_app.config import DEFAULT_TEMPLATE  # noqa: E402
-from serve_app.model import Pair  # noqa: E402
+if TYPE_CHECKING:  # serve_app.model imports torch: not at import time (client processes)
+    from serve_app.model import Pair
 
 APP = "zsc"
 DEFAULT_MODEL_DIR = REPO / ".zsc" / "bench-model"
@@ -881,8 +882,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "niceness": niceness,
         },
         "service": {"batching": info["batching"], "torch_threads": info["torch_threads"],
-                    "forward_workers": info.get("forward_workers"),
-                    "classifier_num_cpus": cpus, "ingress_num_cpus": 0.1},
+                    "forward_workers": info["forward_workers"],
+                    "classifier_num_cpus": app_config.classifier.num_cpus,
+                    "ingress_num_cpus": app_config.ingress.num_cpus},
         "workload": workload,
         "results": results,
         "sweep": {

@@ -46,7 +46,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:  # bench.py's pieces, also in the spawned client processes
@@ -76,7 +76,8 @@ from bench import (  # noqa: E402  (importing bench also sets the offline/Ray en
     tree_cpu_seconds,
 )
 
-from serve_app.model import Pair  # noqa: E402
+if TYPE_CHECKING:  # serve_app.model imports torch: not in the HTTP client processes
+    from serve_app.model import Pair
 
 SMOKE_MODEL_DIR = REPO / ".zsc" / "bench-smoke-model"
 GPU_CONFIG = REPO / "configs" / "serve_config_gpu.yaml"
@@ -540,7 +541,7 @@ def markdown(report: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
-                        help="Every step on the CPU with the tiny test model, to check the script (~3 min).")
+                        help="Every step on the CPU with the tiny test model, to check the script (~1 min).")
     parser.add_argument("--half", choices=tuple(HALF_NAMES), default="float16",
                         help="The half precision compared with fp32 and served.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where to write JSON and Markdown.")

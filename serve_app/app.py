@@ -44,8 +44,6 @@ def _deployment_options(scale: Any) -> dict[str, Any]:
     if scale.autoscaling is not None:
         # Serve sizes the deployment itself; it refuses num_replicas next to autoscaling_config.
         options["autoscaling_config"] = scale.autoscaling.model_dump(exclude_none=True)
-    elif scale.num_replicas == "auto":
-        options["num_replicas"] = "auto"
     else:
         options["num_replicas"] = scale.num_replicas
     return options

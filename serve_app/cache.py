@@ -22,9 +22,22 @@ import numpy as np
 CacheKey = tuple[str, str, bytes, str]
 
 
+def text_digest(text: str) -> bytes:
+    """A short fixed-size stand-in for a text in cache keys (texts may be long)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def cache_key(model: str, template: str, text: str, label: str) -> CacheKey:
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    return (model, template, digest, label)
+    return (model, template, text_digest(text), label)
+
+
+def cache_keys(
+    model: str, template: str, texts: Sequence[str], labels: Sequence[str]
+) -> list[CacheKey]:
+    """`cache_key` of every (text, label) pair, texts outer; each text is hashed once."""
+    return [
+        (model, template, digest, label) for digest in map(text_digest, texts) for label in labels
+    ]
 
 
 class ResultCache:
@@ -69,17 +82,6 @@ class ResultCache:
                 self._rows.move_to_end(key)
             while len(self._rows) > self.max_entries:
                 self._rows.popitem(last=False)
-
-    def resize(self, max_entries: int) -> None:
-        with self._lock:
-            self.max_entries = max(0, int(max_entries))
-            while len(self._rows) > self.max_entries:
-                self._rows.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rows.clear()
-            self.hits = self.misses = 0
 
     def stats(self) -> dict[str, Any]:
         lookups = self.hits + self.misses

@@ -9,7 +9,8 @@ takes everything that arrived (mean batches of 12-16).
 
 No work is done twice: texts and hypotheses are tokenized once each (hypotheses once per label
 across requests, see `PairTokenizer`), identical pairs in a batch run once (`NLIModel.forward`),
-and with `result_cache_entries` > 0 a pair answered before skips the queue entirely.
+and with `result_cache_entries` > 0 a pair answered before skips the queue and the forward (it
+is still tokenized, which also says whether its text was truncated).
 Tokenization runs in the calling coroutine before its pairs are queued, never inside the batch,
 so the model's thread only ever runs forwards; it costs ~0.1 ms per text and ~10 us per pair.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
-from serve_app.cache import ResultCache, cache_key
+from serve_app.cache import ResultCache, cache_keys
 from serve_app.config import BatchingConfig, LimitsConfig, ModelConfig
 from serve_app.model import NLIModel, Pair
 from serve_app.nli import classify_from_logits
@@ -42,6 +43,8 @@ BatchItem = tuple[int, Pair]
 def batch_tokens(items: list[BatchItem]) -> int:
     """`batch_size_fn`: a batch's size is its number of tokens. Must never raise (ray#66140)."""
     return sum(len(pair[0]) for _, pair in items)
+
+_BATCHING_DEFAULTS = BatchingConfig()
 
 RANDOM_MODEL_WARNING = (
     "This is a random test model: its scores are random and mean nothing. "
@@ -135,11 +138,9 @@ class Classifier:
         if not self.cache.enabled:
             rows = await asyncio.gather(*(self._score_pair((call_id, p)) for p in encoded.pairs))
             return response_body(self.model, request, np.stack(rows), encoded.truncated)
-        keys = [
-            cache_key(self.model.name, request.hypothesis_template, text, label)
-            for text in request.texts
-            for label in request.labels
-        ]
+        keys = cache_keys(
+            self.model.name, request.hypothesis_template, request.texts, request.labels
+        )
         found = self.cache.get_many(keys)
         misses = [i for i, row in enumerate(found) if row is None]
         for outcome, count in (("hit", len(found) - len(misses)), ("miss", len(misses))):
@@ -157,7 +158,13 @@ class Classifier:
         """Results only (for the job runner, which has already validated the whole job)."""
         return (await self.classify_prepared(request))["results"]
 
-    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.0, batch_size_fn=batch_tokens)
+    # The decorator's values are the defaults only: reconfigure() sets the configured ones
+    # before the first call.
+    @serve.batch(
+        max_batch_size=_BATCHING_DEFAULTS.max_batch_tokens,
+        batch_wait_timeout_s=_BATCHING_DEFAULTS.batch_wait_timeout_s,
+        batch_size_fn=batch_tokens,
+    )
     async def _score_pair(self, items: list[BatchItem]) -> list[np.ndarray]:
         pairs = [pair for _, pair in items]
         start = time.perf_counter()
@@ -173,8 +180,9 @@ class Classifier:
         return list(logits)
 
     def batch_stats(self) -> dict[str, Any]:
-        """Recent batches: pairs and calls per batch (Serve also exports
-        ray_serve_actual_batch_size and our zsc_batch_pairs histogram)."""
+        """Recent batches: pairs and calls per batch, forward time and the share of the time the
+        model was busy (Serve also exports ray_serve_actual_batch_size and our zsc_batch_pairs
+        histogram)."""
         batches = self._recent_batches
         span = batches[-1][3] - batches[0][2] if batches else 0.0
         busy = sum(end - start for _, _, start, end in batches)
@@ -193,11 +201,8 @@ class Classifier:
         self._recent_batches = []
 
     def cache_stats(self) -> dict[str, Any]:
-        """Result cache size and hit rate since start (or the last `clear_cache`)."""
+        """Result cache size and hit rate since start."""
         return self.cache.stats()
-
-    def clear_cache(self) -> None:
-        self.cache.clear()
 
     def model_info(self) -> dict[str, Any]:
         return {

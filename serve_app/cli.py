@@ -1,7 +1,8 @@
-"""The `zsc` command line: classify, batch files, jobs, and `make-test-model`.
+"""The `zsc` command line: classify, batch files, jobs, `make-test-model`, `hash-key`, `k8s`
+and `bench`.
 
-Every command that talks to a service goes through `serve_app.http_client`, so the CLI gets
-the same 429 `Retry-After` handling and typed errors as Python callers. Results go to stdout
+Every command that talks to a service goes through `serve_app.http_client`, so the CLI resends
+what did not complete exactly as Python callers do, and gets the same typed errors. Results go to stdout
 (a table, or JSON with `--json`); progress, warnings and errors go to stderr.
 """
 

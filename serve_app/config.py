@@ -50,7 +50,8 @@ class ModelConfig(_Section):
         None,
         ge=1,
         description="torch intra-op threads per forward; default 1 on CPU (forward_workers "
-        "sub-batches run at once instead).",
+        "sub-batches run at once instead), or the CPUs divided by forward_workers when that "
+        "is given.",
     )
     forward_workers: int | None = Field(
         None,
@@ -62,8 +63,9 @@ class ModelConfig(_Section):
         None,
         ge=16,
         description="Padded tokens (longest pair x pairs) of one forward sub-batch; a batch is "
-        "cut into length-sorted sub-batches of this size. Default 512 on CPU (less padding, "
-        "same speed per token), 16384 on GPU.",
+        "cut into length-sorted sub-batches of this size (with forward_workers > 1, re-cut into "
+        "runs of equal tokens per worker, which may exceed it). Default 512 on CPU (less "
+        "padding, same speed per token), 16384 on GPU.",
     )
     result_cache_entries: int = Field(
         0,

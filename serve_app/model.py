@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from serve_app.config import ModelConfig
 from serve_app.errors import ClientError
-from serve_app.nli import NLILabelIndices, nli_label_indices
+from serve_app.nli import NLILabelIndices, hypotheses, nli_label_indices
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ class ModelLoadError(RuntimeError):
 
 def pair_tokens(pair: Pair) -> int:
     return len(pair[0])
-
-
-def batch_tokens(pairs: Sequence[Pair]) -> int:
-    """`batch_size_fn` for `@serve.batch`: a batch's size is its number of tokens."""
-    return sum(len(p[0]) for p in pairs)
 
 
 @dataclass(frozen=True)
@@ -207,7 +202,7 @@ class NLIModel:
         cache across requests); pairs are assembled from those parts by the tokenizer's own
         post-processor, which gives exactly the pipeline's ids (tests/test_parity.py proves it).
         """
-        hyps = [template.format(label) for label in labels]
+        hyps = hypotheses(labels, template)
         if self.pair_tokenizer is not None:
             return self.pair_tokenizer.encode(texts, hyps)
         return self.encode_each_pair(texts, hyps)
@@ -248,8 +243,10 @@ class NLIModel:
 
         Identical pairs are computed once; the rest run in length-sorted sub-batches whose padded
         size (longest x count) stays within max_batch_tokens (default: the model's
-        forward_tokens), so short pairs never pay for long. With forward_workers > 1 the
-        sub-batches run on that many threads at once, longest first (see `thread_plan`).
+        forward_tokens), so short pairs never pay for long. With forward_workers > 1 the sorted
+        pairs are re-cut into runs of equal tokens, a multiple of the workers (`_balanced`; a
+        run may then exceed the budget), and run on that many threads at once, costliest first
+        (see `thread_plan`).
         """
         if not pairs:
             return np.zeros((0, len(self.id2label)), dtype=np.float32)
@@ -373,13 +370,16 @@ class PairTokenizer:
         truncated: list[int] = []
         # One premise per (text, budget): hypotheses of equal length share the cut copy.
         cut: dict[tuple[str, int], Any] = {}
+        # Room left for the text beside each hypothesis; len(encoding) is its token count
+        # (without building the ids list).
+        budgets = [self._window - len(hyp) - self._specials for hyp in hyp_encodings]
         for index, text in enumerate(texts):
             premise = by_text[text]
+            premise_tokens = len(premise)
             was_cut = False
-            for hyp in hyp_encodings:
-                budget = self._window - len(hyp.ids) - self._specials
+            for hyp, budget in zip(hyp_encodings, budgets):
                 first = premise
-                if len(premise.ids) > budget:
+                if premise_tokens > budget:
                     if budget <= 0:
                         raise ClientError(_hypothesis_too_long(
                             self._window, "the hypothesis alone leaves no room for the text"))
@@ -470,9 +470,3 @@ def thread_plan(
         return max(1, cpus // forward_workers), forward_workers
     return torch_threads, forward_workers
 
-
-def configure_threads_from_env() -> None:
-    """Respect OMP_NUM_THREADS (Ray sets it from num_cpus) when torch_threads is not given."""
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))

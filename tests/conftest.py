@@ -95,11 +95,23 @@ def _delete_module_apps() -> Iterator[None]:
     yield
     if not _deployed_this_module:
         return
+    for name in sorted(_deployed_this_module):
+        delete_app(name)
+    _deployed_this_module.clear()
+
+
+def delete_app(name: str) -> None:
+    """Delete an app and its rate-limiter actor, which is detached and would outlive it."""
+    import ray
     from ray import serve
 
-    for name in sorted(_deployed_this_module):
-        serve.delete(name)
-    _deployed_this_module.clear()
+    from serve_app.limiter import ACTOR_NAMESPACE, actor_name
+
+    serve.delete(name)
+    try:
+        ray.kill(ray.get_actor(actor_name(name), namespace=ACTOR_NAMESPACE))
+    except ValueError:  # the app never ran with a rate limit
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import ray
 
-from live import Outcome, SteadyLoad, ZscClientLoad, replica_names, wait_for
+from live import SERVE_NAMESPACE, Outcome, SteadyLoad, ZscClientLoad, replica_names, wait_for
 from serve_app.limiter import ACTOR_NAMESPACE, actor_name
 
 pytestmark = pytest.mark.ray
@@ -74,7 +73,7 @@ def submit_jobs(url: str, n: int) -> list[str]:
 
 def kill_replica(deployment: str) -> str:
     name = sorted(replica_names(APP, deployment))[0]
-    ray.kill(ray.get_actor(name, namespace="serve"))
+    ray.kill(ray.get_actor(name, namespace=SERVE_NAMESPACE))
     return name
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -200,18 +199,12 @@ def test_batch_stops_before_writing_when_the_labels_are_wrong(zsc_url: str, thou
 
 
 @pytest.fixture(scope="module")
-def limited_url(deploy_app) -> Iterator[str]:
+def limited_url(deploy_app) -> str:
     """An app whose one bucket (per client address) holds 40 pairs and refills 40 per second."""
-    import ray
-
-    from serve_app.limiter import ACTOR_NAMESPACE, actor_name
-
-    yield deploy_app(
+    return deploy_app(
         LIMITED_APP,
         rate_limit={"enabled": True, "default": {"rate": 40, "burst": 40}, "timeout_s": 5.0},
     )
-    # The limiter actor is detached and outlives its app: free its process for the session.
-    ray.kill(ray.get_actor(actor_name(LIMITED_APP), namespace=ACTOR_NAMESPACE))
 
 
 def test_batch_waits_out_429s(limited_url: str, tmp_path: Path) -> None:

@@ -3,14 +3,14 @@ proxy (an ingress replica died), which clients resend; ours they must not. Real 
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from conftest import free_port
+from live import wait_for
 from serve_app.api import install_error_handlers
 from serve_app.http_client import RetryPolicy
 
@@ -23,16 +23,12 @@ def test_an_unexpected_exception_is_a_json_500_that_clients_do_not_resend() -> N
     async def boom() -> None:
         raise RuntimeError("secret internal detail")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: server.started, 30, "uvicorn to start", every_s=0.05)
         response = httpx.get(f"http://127.0.0.1:{port}/boom", timeout=10)
     finally:
         server.should_exit = True

@@ -8,7 +8,6 @@ allow-listed in the app's config. The restart test deletes and redeploys the app
 from __future__ import annotations
 
 import base64
-import json
 import random
 import sqlite3
 import threading

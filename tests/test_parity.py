@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
-from parity import CASES, Case, as_list, assert_same_results
+from parity import CASES, LONG_TEXT, Case, as_list, assert_same_results
 from serve_app.config import ModelConfig
 from serve_app.model import NLIModel
 from serve_app.nli import classify_from_logits, parse_labels
@@ -99,7 +99,7 @@ def test_other_label_maps_give_correct_scores(tmp_path: Path, label_order: tuple
 
 TOKENIZATION_TEXTS = [
     "The new phone's battery lasts two days.",
-    LONG_TEXT_FOR_TOKENS := "The central bank raised interest rates again to fight inflation. " * 30,
+    LONG_TEXT,
     "  leading and trailing spaces  ",
     "Ünïcödé, emoji 🎉 and\ttabs\nnew lines",
     "x",
@@ -142,7 +142,7 @@ def _bert_style_tokenizer(truncation_side: str = "right"):
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     core.train_from_iterator(
-        [LONG_TEXT_FOR_TOKENS, *TOKENIZATION_TEXTS, "this example is about sports and music"],
+        [LONG_TEXT, *TOKENIZATION_TEXTS, "this example is about sports and music"],
         trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials),
     )
     core.post_processor = processors.BertProcessing(

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import ray
 
+from live import wait_for
 from serve_app.config import RateLimitConfig
 from serve_app.errors import ServiceUnavailable
 from serve_app.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name
@@ -30,6 +31,7 @@ RATE = 40.0  # pairs per second
 # 3 s of tokens: a stall of the request path shorter than that (this machine is shared) loses
 # none of them, so the lower bound measures the limiter, not the scheduler.
 BURST = 120.0
+POLICY = f'"default";q={BURST:.0f};w={BURST / RATE:.0f}'  # the RateLimit-Policy header
 TEXTS, LABELS = ["one text", "another text"], ["a", "b", "c", "d"]
 COST = len(TEXTS) * len(LABELS)  # 8 pairs per request: 5 admitted requests per second
 CLIENTS = 16
@@ -70,10 +72,10 @@ class Load:
 
 @pytest.fixture(scope="module", autouse=True)
 def _kill_limiters_at_the_end(serve_instance: str) -> Iterator[None]:
-    # Limiter actors are detached and outlive their apps: free their processes for the rest
-    # of the session.
+    # Limiter actors are detached and outlive their apps: free the processes of the two this
+    # module makes without an app for the rest of the session (conftest deletes "rl"'s).
     yield
-    for app in ("rl", CLOSED_APP, JOBS_APP):
+    for app in (CLOSED_APP, JOBS_APP):
         try:
             ray.kill(ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE))
         except ValueError:
@@ -129,7 +131,7 @@ def assert_refusals_are_well_formed(answers: list[Answer]) -> None:
         if a.status != 429:
             continue
         assert int(a.headers["Retry-After"]) >= 1
-        assert a.headers["RateLimit-Policy"] == '"default";q=120;w=3'
+        assert a.headers["RateLimit-Policy"] == POLICY
         assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"]), a.headers["RateLimit"]
         assert a.body["error"]["type"] == "rate_limited"
 
@@ -142,7 +144,7 @@ async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(rl_url:
     # Every admitted answer carries the policy and what is left: none was admitted unlimited.
     for a in state.answers:
         if a.status == 200:
-            assert a.headers.get("RateLimit-Policy") == '"default";q=120;w=3', state.summary()
+            assert a.headers.get("RateLimit-Policy") == POLICY, state.summary()
             assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"])
 
     admitted = state.admitted()
@@ -189,14 +191,16 @@ def kill_limiter(app: str) -> bytes:
     sent right after it may still be answered by the dying actor."""
     actor = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
     ray.kill(actor)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def dead() -> bool:
         try:
             ray.get(actor.__ray_ready__.remote(), timeout=5)
         except ray.exceptions.RayActorError:
-            return actor._actor_id.binary()
-        assert time.monotonic() < deadline, "the limiter actor outlived ray.kill"
-        time.sleep(0.05)
+            return True
+        return False
+
+    wait_for(dead, 30, "the limiter actor to die after ray.kill", every_s=0.05)
+    return actor._actor_id.binary()
 
 
 async def wait_for_new_limiter(app: str, old_id: bytes, timeout_s: float = 60.0) -> None:

@@ -72,9 +72,7 @@ def test_soak_at_80_percent_of_capacity(deploy_app) -> None:
     with SteadyLoad(endpoint, BODY, CLIENTS, headers) as probe:
         wait_for(lambda: probe.done >= CLIENTS, 120, "the first answers")
         measure_from = time.monotonic()
-        wait_for(
-            lambda: time.monotonic() - measure_from >= MEASURE_S, MEASURE_S + 10, "a measurement", 1.0
-        )
+        time.sleep(MEASURE_S)
     capacity = throughput(probe.outcomes, measure_from)
     assert capacity > 0 and all(o.status == 200 for o in probe.outcomes)
     offered = LOAD_FRACTION * capacity

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from conftest import free_port
 from serve_app.errors import ClientError
 from serve_app.jobs import webhooks
 from serve_app.jobs.ssrf import check_callback_url, is_public, refused_addresses
@@ -143,8 +144,8 @@ class Receiver:
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     sni: list[str | None] = field(default_factory=list)
 
-    def url(self, path: str = "/hook?job=1", scheme: str = "http", host: str = "localhost") -> str:
-        return f"{scheme}://{host}:{self.port}{path}"
+    def url(self, path: str = "/hook?job=1", scheme: str = "http") -> str:
+        return f"{scheme}://localhost:{self.port}{path}"
 
 
 def _serve(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
@@ -194,9 +195,9 @@ def receiver() -> Iterator[Receiver]:
     yield from _serve()
 
 
-def deliver(url: str, body: bytes, secret: str, timeout_s: float = 5, webhook_id: str = "msg_7",
+def deliver(url: str, body: bytes, secret: str, timeout_s: float = 5,
             allow_hosts: list[str] = LOCAL) -> webhooks.DeliveryResult:
-    return asyncio.run(webhooks.deliver(url, webhook_id, body, secret, timeout_s, allow_hosts))
+    return asyncio.run(webhooks.deliver(url, "msg_7", body, secret, timeout_s, allow_hosts))
 
 
 def test_deliver_posts_a_signed_event(receiver: Receiver) -> None:
@@ -279,8 +280,7 @@ def test_the_timeout_bounds_the_whole_attempt_not_each_read() -> None:
 
 
 def test_a_receiver_that_is_down_is_a_failure_not_an_exception() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        port = probe.getsockname()[1]  # free now, and nothing listens once the probe closes
+    port = free_port()  # nothing listens there
     result = deliver(f"http://127.0.0.1:{port}/", b"{}", webhooks.new_secret())
     assert not result.ok and result.status_code is None and "Connect" in result.error
 
