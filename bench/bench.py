@@ -67,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/bench.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from serve_app.config import DEFAULT_TEMPLATE  # noqa: E402
+from serve_app.core.defaults import DEFAULT_TEMPLATE  # noqa: E402
 if TYPE_CHECKING:  # serve_app.model imports torch: not at import time (client processes)
     from serve_app.model import Pair
 
@@ -483,7 +483,7 @@ def ensure_model(model_dir: Path, full_size: bool = True) -> Path:
     full-size) and reused."""
     if (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file():
         return model_dir
-    from serve_app.testing import build_test_model
+    from serve_app.devtools.test_models import build_test_model
 
     log(f"building the {'full-size' if full_size else 'tiny'} random model into {model_dir} (once)")
     partial = model_dir.with_name(model_dir.name + ".partial")
@@ -503,7 +503,7 @@ def loadavg() -> list[float]:
 
 def max_score_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], indices: Any) -> dict[str, float]:
     """Largest |score| difference between two backends' logits, single- and multi-label."""
-    from serve_app.nli import label_scores
+    from serve_app.core.nli import label_scores
 
     worst = {"single_label": 0.0, "multi_label": 0.0}
     spread = []

@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from serve_app.config import DEFAULT_TEMPLATE, ModelConfig
+    from serve_app.core.defaults import DEFAULT_TEMPLATE, ModelConfig
     from serve_app.model import NLIModel
 
     if device == "cuda" and not torch.cuda.is_available():

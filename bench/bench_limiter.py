@@ -37,9 +37,9 @@ from ray import serve  # noqa: E402
 
 from serve_app.app import build_app  # noqa: E402
 from serve_app.config import AppConfig, RateLimitConfig  # noqa: E402
-from serve_app.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name  # noqa: E402
-from serve_app.ratelimit import RateLimiter  # noqa: E402
-from serve_app.testing import build_test_model  # noqa: E402
+from serve_app.deployments.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name  # noqa: E402
+from serve_app.core.ratelimit import RateLimiter  # noqa: E402
+from serve_app.devtools.test_models import build_test_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # High enough that nothing is refused: the benchmark times the check, not the refusals.

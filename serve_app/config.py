@@ -18,8 +18,9 @@ from pydantic import (
     model_validator,
 )
 
-DEFAULT_MODEL = "cross-encoder/nli-MiniLM2-L6-H768"
-DEFAULT_TEMPLATE = "This example is {}."
+from serve_app.core.defaults import DEFAULT_BI_ENCODER, DEFAULT_MODEL, DEFAULT_TEMPLATE
+
+__all__ = ["DEFAULT_BI_ENCODER", "DEFAULT_MODEL", "DEFAULT_TEMPLATE"]
 
 
 class _Section(BaseModel):
@@ -40,18 +41,26 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto is float16 on cuda and float32 on cpu."
     )
-    backend: Literal["torch", "int8"] = Field(
-        "torch", description="int8 = dynamic int8 quantisation of Linear layers (CPU only)."
+    backend: Literal["torch", "int8", "onnx"] = Field(
+        "torch",
+        description="torch; int8 = torch with dynamic int8 quantisation of Linear layers (CPU "
+        "only); onnx = ONNX Runtime on `onnx_file` (the `onnx` extra; never imports torch).",
     )
-    # Thread placement (serve_app/model.py: thread_plan). On CPU the default runs one torch
-    # thread per sub-batch and as many sub-batches at once as the replica has CPUs (Ray's
-    # num_cpus): small single-threaded forwards beat one multi-threaded forward on this model.
+    onnx_file: str = Field(
+        "onnx/model.onnx",
+        description="With backend=onnx: the file inside the model directory or hub repo, as "
+        "the hub lays them out (onnx/model.onnx, onnx/model_qint8_avx512_vnni.onnx, ...); "
+        "falls back to model.onnx at the top. `zsc export onnx` writes them.",
+    )
+    # Thread placement (serve_app/engine/threads.py: thread_plan). On CPU the default runs one
+    # thread per sub-batch and as many sub-batches at once as the replica has CPUs: small
+    # single-threaded forwards beat one multi-threaded forward on this model.
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description="torch intra-op threads per forward; default 1 on CPU (forward_workers "
-        "sub-batches run at once instead), or the CPUs divided by forward_workers when that "
-        "is given.",
+        description="Intra-op threads per forward (torch or ONNX Runtime); default 1 on CPU "
+        "(forward_workers sub-batches run at once instead), or the CPUs divided by "
+        "forward_workers when that is given.",
     )
     forward_workers: int | None = Field(
         None,
@@ -114,6 +123,11 @@ class LimitsConfig(_Section):
         "a slow-loris client cannot hold an ingress slot.",
     )
     max_job_texts: int = Field(100_000, ge=1, description="Texts in one /v1/jobs submission.")
+    max_prefilter_labels: int = Field(
+        10_000,
+        ge=1,
+        description="Labels in one request that uses the prefilter (max_labels bounds the rest).",
+    )
 
 
 class RateLimitPolicy(_Section):
@@ -134,6 +148,13 @@ class RateLimitConfig(_Section):
         "open", description="What to do when the limiter actor cannot be reached in time."
     )
     timeout_s: float = Field(0.25, gt=0, description="Bounded wait for the limiter actor.")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Limiter actors; each client key lives in exactly one (a stable hash), so "
+        "the limit stays exact per key while the actors share the load.",
+    )
 
 
 class WebhookConfig(_Section):
@@ -221,7 +242,12 @@ class DeploymentScale(_Section):
         None,
         description="Scale between min and max replicas on load; num_replicas is then unused.",
     )
-    num_cpus: float = Field(1.0, ge=0)
+    num_cpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        1.0,
+        description="CPUs Ray reserves per replica; its threads follow them (see threads in "
+        "the README). Classifier only: auto = this machine's CPUs less what the ingress "
+        "reserves, for one replica using every core (the single-machine default).",
+    )
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, float] = Field(
         default_factory=dict,
@@ -247,6 +273,47 @@ class DeploymentScale(_Section):
         return self
 
 
+class PrefilterConfig(_Section):
+    """A bi-encoder in front of the cross-encoder: only the `top_k` labels most similar to a text
+    are scored, so thousands of labels cost what `top_k` cost (README, "Thousands of labels")."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str | None = Field(
+        None,
+        description=f"sentence-transformers bi-encoder, hub id or local directory (e.g. "
+        f"{DEFAULT_BI_ENCODER}); unset = no prefilter.",
+    )
+    revision: str | None = Field(None, description="Hub revision of the bi-encoder.")
+    top_k: int = Field(
+        20, ge=1, description="Labels per text the cross-encoder scores when a request has more."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="As for the cross-encoder.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto is float16 on cuda and float32 on cpu."
+    )
+    label_cache_entries: int = Field(
+        100_000,
+        ge=0,
+        description="Label (hypothesis) embeddings kept per replica, ~1.5 KB each at 384 dims; "
+        "a taxonomy sent again costs only its texts' embeddings.",
+    )
+    max_batch_texts: int = Field(
+        64, ge=1, description="Texts embedded in one batch across concurrent requests."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0.0, le=5.0, description="How long a text batch waits to fill."
+    )
+    deployment: DeploymentScale = Field(
+        default_factory=lambda: DeploymentScale(num_cpus=1.0),
+        description="Replicas and resources of the bi-encoder's own deployment.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.model is not None
+
+
 class AppConfig(ModelConfig):
     """Arguments of `serve_app.app:build_app`: the model settings at top level (so
     `serve run serve_app.app:build_app model=DIR` works) plus one section per concern."""
@@ -256,7 +323,8 @@ class AppConfig(ModelConfig):
     rate_limit: RateLimitConfig = RateLimitConfig()
     jobs: JobsConfig = JobsConfig()
     auth: AuthConfig = AuthConfig()
-    classifier: DeploymentScale = DeploymentScale()
+    prefilter: PrefilterConfig = PrefilterConfig()
+    classifier: DeploymentScale = DeploymentScale(num_cpus="auto")
     ingress: DeploymentScale = DeploymentScale(num_cpus=0.25, max_ongoing_requests=256)
 
     @field_validator("model")
@@ -272,5 +340,17 @@ class AppConfig(ModelConfig):
             raise ValueError("backend=int8 runs on CPU only; use dtype=float16 on cuda")
         return self
 
+    @model_validator(mode="after")
+    def _auto_cpus_only_for_the_classifier(self) -> "AppConfig":
+        for name, scale in (("ingress", self.ingress), ("prefilter.deployment", self.prefilter.deployment)):
+            if scale.num_cpus == "auto":
+                raise ValueError(f"{name}.num_cpus=auto is for the classifier only; give a number")
+        return self
+
     def model_settings(self) -> ModelConfig:
         return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
+
+    @property
+    def prefilter_top_k(self) -> int | None:
+        """The prefilter's default k, or None when no prefilter is configured."""
+        return self.prefilter.top_k if self.prefilter.enabled else None

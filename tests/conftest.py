@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from serve_app.testing import build_test_model  # noqa: E402
+from serve_app.devtools.test_models import build_test_model  # noqa: E402
 
 
 def free_port() -> int:
@@ -105,7 +105,7 @@ def delete_app(name: str) -> None:
     import ray
     from ray import serve
 
-    from serve_app.limiter import ACTOR_NAMESPACE, actor_name
+    from serve_app.deployments.limiter import ACTOR_NAMESPACE, actor_name
 
     serve.delete(name)
     try:

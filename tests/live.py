@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 import ray
 
-from serve_app.http_client import ZeroShotClient, ZscHTTPError
+from serve_app.client.http import ZeroShotClient, ZscHTTPError
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from serve_app.auth import SCHEME_NAME, ApiKeys, AuthConfigError, hash_key, install_auth
+from serve_app.http.middleware.auth import SCHEME_NAME, ApiKeys, AuthConfigError, hash_key, install_auth
 from serve_app.config import AuthConfig
 
 ALICE_KEY = "alice-key-0f3c9a"

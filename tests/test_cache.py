@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.cache import ResultCache, cache_key
+from serve_app.core.cache import ResultCache, cache_key
 
 
 def row(x: float) -> np.ndarray:

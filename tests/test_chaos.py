@@ -21,7 +21,7 @@ import pytest
 import ray
 
 from live import SERVE_NAMESPACE, Outcome, SteadyLoad, ZscClientLoad, replica_names, wait_for
-from serve_app.limiter import ACTOR_NAMESPACE, actor_name
+from serve_app.deployments.limiter import ACTOR_NAMESPACE, actor_name
 
 pytestmark = pytest.mark.ray
 

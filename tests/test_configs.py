@@ -15,7 +15,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import _deployment_options
 from serve_app.config import AppConfig, DeploymentScale
-from serve_app.kube import (
+from serve_app.devtools.kube import (
     JOBS_MOUNT,
     JOBS_VOLUME,
     MANIFEST,
@@ -127,7 +127,7 @@ def test_the_job_store_volume_is_mounted_on_the_head_where_db_path_points() -> N
 def test_render_check_fails_on_a_stale_manifest(tmp_path: Path) -> None:
     def check(out: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "serve_app.kube", "render", "--check", "--out", str(out)],
+            [sys.executable, "-m", "serve_app.devtools.kube", "render", "--check", "--out", str(out)],
             capture_output=True, text=True, cwd=ROOT, timeout=120,
         )
 
@@ -144,7 +144,7 @@ def test_the_image_is_built_on_ray_2_60() -> None:
 
 
 def test_readme_configuration_table_matches_the_code() -> None:
-    from serve_app.config_docs import embed
+    from serve_app.devtools.config_docs import embed
 
     readme = (ROOT / "README.md").read_text()
     assert readme == embed(readme), "README's config table is stale: regenerate it (README, Configuration)"

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from conftest import free_port
 from live import wait_for
 from serve_app.api import install_error_handlers
-from serve_app.http_client import RetryPolicy
+from serve_app.client.http import RetryPolicy
 
 
 def test_an_unexpected_exception_is_a_json_500_that_clients_do_not_resend() -> None:

@@ -1,4 +1,4 @@
-"""Python futures with callbacks over the `zsc` app handle (serve_app.futures)."""
+"""Python futures with callbacks over the `zsc` app handle (serve_app.client.futures)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app.errors import ClientError
-from serve_app.futures import submit, submit_async, submit_many
+from serve_app.core.errors import ClientError
+from serve_app.client.futures import submit, submit_async, submit_many
 
 pytestmark = pytest.mark.ray
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from scripted_http import DROP, Reply, Seen, scripted_server
-from serve_app import http_client
-from serve_app.batch import BatchError, BatchSettings, Row, done_rows, run_batch
-from serve_app.http_client import AsyncZeroShotClient, RetryPolicy, ZeroShotClient, ZscHTTPError
+from serve_app.client import http as http_client
+from serve_app.client.batch import BatchError, BatchSettings, Row, done_rows, run_batch
+from serve_app.client.http import AsyncZeroShotClient, RetryPolicy, ZeroShotClient, ZscHTTPError
 
 NO_JITTER = RetryPolicy(max_retries=3, jitter=0.0)
 # What Ray Serve's proxy answers for a request inside an ingress replica that died.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app import nli
-from serve_app.nli import ModelLabelError, NLILabelIndices
+from serve_app.core import nli
+from serve_app.core.nli import ModelLabelError, NLILabelIndices
 
 
 def test_parse_labels_splits_like_the_pipeline() -> None:

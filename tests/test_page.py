@@ -157,7 +157,7 @@ PAGE_KEY = "page-test-key-0123456789"
 
 @pytest.fixture(scope="module")
 def keyed_url(deploy_app) -> str:
-    from serve_app.auth import hash_key
+    from serve_app.http.middleware.auth import hash_key
 
     url = deploy_app("pagekeys", auth={"api_key_hashes": {"web": hash_key(PAGE_KEY)}})
     # A fresh replica's first forward can take seconds on a busy CI machine; take it here, so

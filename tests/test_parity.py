@@ -11,8 +11,8 @@ from transformers import pipeline
 from parity import CASES, LONG_TEXT, Case, as_list, assert_same_results
 from serve_app.config import ModelConfig
 from serve_app.model import NLIModel
-from serve_app.nli import classify_from_logits, parse_labels
-from serve_app.testing import build_test_model
+from serve_app.core.nli import classify_from_logits, parse_labels
+from serve_app.devtools.test_models import build_test_model
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_pair_assembly_matches_for_token_types_and_left_truncation(side: str) ->
 
 
 def test_a_hypothesis_that_fills_the_window_is_a_client_error(model: NLIModel) -> None:
-    from serve_app.errors import ClientError
+    from serve_app.core.errors import ClientError
 
     long_label = " ".join(["word"] * model.window)
     with pytest.raises(ClientError, match="window"):

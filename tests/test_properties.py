@@ -1,4 +1,4 @@
-"""Properties of the zero-shot math (serve_app.nli) over generated logits and label maps.
+"""Properties of the zero-shot math (serve_app.core.nli) over generated logits and label maps.
 
 Logits range over +-1e4, far beyond any real model's (|x| < 30) and enough to overflow a naive
 exp, so these also show the normalisation never yields NaN or inf.
@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serve_app.nli import NLILabelIndices, classify_from_logits, label_scores
+from serve_app.core.nli import NLILabelIndices, classify_from_logits, label_scores
 
 MAX_LABELS = 64  # LimitsConfig.max_labels' default
 LOGIT = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)

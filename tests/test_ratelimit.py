@@ -9,8 +9,8 @@ import random
 import pytest
 
 from serve_app.config import RateLimitConfig
-from serve_app.errors import RateLimited
-from serve_app.ratelimit import RateLimiter, sf_number, sf_string
+from serve_app.core.errors import RateLimited
+from serve_app.core.ratelimit import RateLimiter, sf_number, sf_string
 
 
 class FakeClock:

@@ -22,8 +22,8 @@ import ray
 
 from live import wait_for
 from serve_app.config import RateLimitConfig
-from serve_app.errors import ServiceUnavailable
-from serve_app.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name
+from serve_app.core.errors import ServiceUnavailable
+from serve_app.deployments.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from live import wait_for
-from serve_app.auth import SCHEME_NAME, hash_key
+from serve_app.http.middleware.auth import SCHEME_NAME, hash_key
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.app import StartupError, build_app
 from serve_app.config import AppConfig
-from serve_app.testing import build_test_model
+from serve_app.devtools.test_models import build_test_model
 
 
 def test_unreachable_hub_fails_fast_naming_a_local_directory(monkeypatch: pytest.MonkeyPatch) -> None:

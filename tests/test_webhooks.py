@@ -28,7 +28,7 @@ from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from conftest import free_port
-from serve_app.errors import ClientError
+from serve_app.core.errors import ClientError
 from serve_app.jobs import webhooks
 from serve_app.jobs.ssrf import check_callback_url, is_public, refused_addresses
 

@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from serve_app.errors import ClientError
+from serve_app.core.errors import ClientError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

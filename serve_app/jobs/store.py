@@ -27,8 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-DeliveryState = Literal["pending", "delivered", "failed"]
+from serve_app.jobs.models import (
+    DeliveryAttempt,
+    DeliveryState,
+    Job,
+    JobError,
+    JobProgress,
+    JobState,
+    WebhookDelivery,
+)
+
 
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 TERMINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
@@ -135,7 +143,7 @@ class Delivery:
 
 
 # Builds the job's webhook event from its final view; called inside the terminal transaction.
-EventFactory = Callable[[dict[str, Any]], OutboxEvent]
+EventFactory = Callable[[Job], OutboxEvent]
 
 
 def new_job_id() -> str:
@@ -207,7 +215,7 @@ class JobStore:
         metadata: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         now: float | None = None,
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[Job, bool]:
         """Queue a job; returns (job view, created). A replayed Idempotency-Key returns the
         existing job with created=False; the same key with a different request raises
         IdempotencyConflict."""
@@ -250,7 +258,7 @@ class JobStore:
 
     # ---- reading (always scoped to the owner) -----------------------------------------------
 
-    def get_job(self, job_id: str, owner: str | None) -> dict[str, Any] | None:
+    def get_job(self, job_id: str, owner: str | None) -> Job | None:
         """The job's view, or None if it does not exist or belongs to someone else."""
         row = self._db.execute(
             "SELECT id FROM jobs WHERE id = ? AND owner IS ?", (job_id, owner)
@@ -259,7 +267,7 @@ class JobStore:
 
     def list_jobs(
         self, owner: str | None, limit: int, cursor: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[Job], str | None]:
         """The owner's jobs, newest first, after `cursor` (a job id from the previous page).
         Returns (jobs, next cursor or None). Raises KeyError for a cursor that is not theirs."""
         before = None
@@ -276,7 +284,7 @@ class JobStore:
             (owner, before, before, limit + 1),
         ).fetchall()
         jobs = [self._view(row["id"]) for row in rows[:limit]]
-        return jobs, (jobs[-1]["id"] if len(rows) > limit else None)
+        return jobs, (jobs[-1].id if len(rows) > limit else None)
 
     def results_page(self, job_id: str, page: int, page_size: int) -> list[dict[str, Any] | None]:
         """Results of texts [(page-1)*page_size, page*page_size), in text order; None marks a
@@ -384,7 +392,7 @@ class JobStore:
         error: dict[str, str] | None = None,
         event: EventFactory | None = None,
         now: float | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> Job | None:
         """End a running job; with a callback URL, queue its webhook event in the same
         transaction (so an ended job always has its event). None if it had already ended."""
         with self._tx() as db:
@@ -411,7 +419,7 @@ class JobStore:
         owner: str | None,
         event: EventFactory | None = None,
         now: float | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> Job | None:
         """Cancel the owner's queued or running job (recorded chunks stay); a terminal job is
         returned unchanged. None if there is no such job for this owner."""
         with self._tx() as db:
@@ -430,9 +438,9 @@ class JobStore:
 
     def _queue_event(
         self, job_id: str, event: EventFactory | None, now: float | None
-    ) -> dict[str, Any]:
+    ) -> Job:
         view = self._view(job_id)
-        if event is None or view["callback_url"] is None:
+        if event is None or view.callback_url is None:
             return view
         spec = event(view)
         self._db.execute(
@@ -442,7 +450,7 @@ class JobStore:
                 new_event_id(),
                 job_id,
                 spec.event_type,
-                view["callback_url"],
+                view.callback_url,
                 spec.body,
                 _now(now),
                 spec.first_attempt_at,
@@ -527,42 +535,43 @@ class JobStore:
 
     # ---- views ------------------------------------------------------------------------------
 
-    def _view(self, job_id: str) -> dict[str, Any]:
+    def _view(self, job_id: str) -> Job:
         row = self._db.execute(
             "SELECT id, state, created_at, started_at, finished_at, cancelled_at, callback_url,"
             " metadata, total_texts, completed_texts, total_chunks, completed_chunks, error,"
             " json_extract(request, '$.labels') AS labels,"
             " json_extract(request, '$.hypothesis_template') AS hypothesis_template,"
-            " json_extract(request, '$.multi_label') AS multi_label"
+            " json_extract(request, '$.multi_label') AS multi_label,"
+            " json_extract(request, '$.top_k') AS top_k"
             " FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             raise KeyError(job_id)
-        return {
-            "id": row["id"],
-            "object": "job",
-            "state": row["state"],
-            "created_at": row["created_at"],
-            "started_at": row["started_at"],
-            "finished_at": row["finished_at"],
-            "cancelled_at": row["cancelled_at"],
-            "labels": json.loads(row["labels"]),
-            "hypothesis_template": row["hypothesis_template"],
-            "multi_label": bool(row["multi_label"]),
-            "progress": {
-                "total_texts": row["total_texts"],
-                "completed_texts": row["completed_texts"],
-                "total_chunks": row["total_chunks"],
-                "completed_chunks": row["completed_chunks"],
-            },
-            "callback_url": row["callback_url"],
-            "metadata": None if row["metadata"] is None else json.loads(row["metadata"]),
-            "error": None if row["error"] is None else json.loads(row["error"]),
-            "deliveries": self._deliveries(job_id),
-        }
+        return Job(
+            id=row["id"],
+            state=row["state"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            cancelled_at=row["cancelled_at"],
+            labels=json.loads(row["labels"]),
+            hypothesis_template=row["hypothesis_template"],
+            multi_label=bool(row["multi_label"]),
+            prefilter_top_k=row["top_k"],
+            progress=JobProgress(
+                total_texts=row["total_texts"],
+                completed_texts=row["completed_texts"],
+                total_chunks=row["total_chunks"],
+                completed_chunks=row["completed_chunks"],
+            ),
+            callback_url=row["callback_url"],
+            metadata=None if row["metadata"] is None else json.loads(row["metadata"]),
+            error=None if row["error"] is None else JobError(**json.loads(row["error"])),
+            deliveries=self._deliveries(job_id),
+        )
 
-    def _deliveries(self, job_id: str) -> list[dict[str, Any]]:
+    def _deliveries(self, job_id: str) -> list[WebhookDelivery]:
         events = self._db.execute(
             "SELECT event_id, event_type, url, state, next_attempt_at, created_at, finished_at"
             " FROM outbox WHERE job_id = ? ORDER BY created_at",
@@ -576,16 +585,10 @@ class JobStore:
                 (event["event_id"],),
             ).fetchall()
             out.append(
-                {
-                    "event_id": event["event_id"],
-                    "event_type": event["event_type"],
-                    "url": event["url"],
-                    "state": event["state"],
-                    "created_at": event["created_at"],
-                    "next_attempt_at": event["next_attempt_at"],
-                    "finished_at": event["finished_at"],
-                    "attempts": [dict(attempt) for attempt in attempts],
-                }
+                WebhookDelivery(
+                    **{key: event[key] for key in event.keys()},
+                    attempts=[DeliveryAttempt(**dict(attempt)) for attempt in attempts],
+                )
             )
         return out
 

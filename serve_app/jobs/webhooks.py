@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from serve_app.errors import ClientError
+from serve_app.core.errors import ClientError
 from serve_app.jobs.ssrf import ResolvedTarget, check_callback_url
 
 SECRET_PREFIX = "whsec_"
@@ -65,16 +65,15 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def build_event(event_type: str, job: dict[str, Any]) -> dict[str, Any]:
-    """A small event: what happened to which job, with its counts; receivers fetch results.
-
-    `job` is the job store's view of the job (`state`, `progress`, `error`, ...).
-    """
-    data: dict[str, Any] = {"id": job["id"], "status": job["state"]}
-    if job.get("progress") is not None:
-        data["progress"] = job["progress"]
-    if job.get("error") is not None:
-        data["error"] = job["error"]
+def build_event(event_type: str, job: Job) -> dict[str, Any]:
+    """A small event: what happened to which job, with its counts; receivers fetch results."""
+    data: dict[str, Any] = {
+        "id": job.id,
+        "status": job.state,
+        "progress": job.progress.model_dump(),
+    }
+    if job.error is not None:
+        data["error"] = job.error.model_dump()
     return {
         "type": event_type,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),

@@ -1,0 +1,181 @@
+"""Python futures with callbacks over a `DeploymentHandle` to the `zsc` app.
+
+`handle.classify.remote(...)` returns a `DeploymentResponse`; its `ObjectRef` has `.future()`, a
+real `concurrent.futures.Future`, so callers get `add_done_callback`, `as_completed` and `wait`
+from the standard library. Each future's result is the `POST /v1/classify` body
+(`{"model", "results", "usage"}`); a rejected request (say, an empty label list) is the future's
+exception, so `future.exception()` in a callback sees it and `future.result()` raises it.
+
+Things to know (measured on Ray 2.60):
+
+- `_to_object_ref*` needs a by-reference handle. `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` makes
+  handles by-value by default, so every call here asks for `_by_reference=True` itself.
+- `submit` blocks until a replica accepts the request (not until it answers); with every
+  replica's queue full that wait can be long.
+- Callbacks of `submit` run on a Ray thread, not on yours (or at once in yours, if the future
+  is already done when the callback is added): keep them short and thread-safe.
+  Inside a running event loop, use `submit_async`: its asyncio future settles on the loop (the
+  result is handed over with `call_soon_threadsafe`), so its callbacks may touch asyncio state.
+  `submit` also works inside a running loop (where Ray forbids the blocking
+  `_to_object_ref_sync`): it then places the request from a task on that loop, and the
+  callbacks run on the loop's thread.
+- Cancelling a `submit` future only stops you from waiting (Ray's futures cannot stop work);
+  cancelling a `submit_async` future also cancels the request, best effort.
+
+Example::
+
+    import concurrent.futures as cf
+    from ray import serve
+    from serve_app.client.futures import submit_many
+
+    handle = serve.get_app_handle("zsc")
+
+    def show(future: cf.Future) -> None:
+        if future.exception() is not None:
+            print("failed:", future.exception())
+        else:
+            result = future.result()["results"][0]
+            print(result["sequence"], "->", result["labels"][0])
+
+    futures = submit_many(handle, texts, ["sports", "politics"], callback=show)
+    cf.wait(futures)  # or: for future in cf.as_completed(futures): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from serve_app.core.defaults import DEFAULT_TEMPLATE
+
+ClassifyBody = dict[str, Any]
+Callback = Callable[["concurrent.futures.Future[ClassifyBody]"], object]
+AsyncCallback = Callable[["asyncio.Future[ClassifyBody]"], object]
+
+# Tasks started on a running loop. The loop keeps only weak references to tasks, and a caller may
+# hold just the concurrent future (`submit`) or only a callback (`submit_async`): without this
+# set a task could be collected mid-flight and its future would never settle.
+_placing: set[asyncio.Task[ClassifyBody]] = set()
+
+
+def _classify(
+    handle: DeploymentHandle,
+    texts: list[str] | str,
+    labels: list[str] | str,
+    hypothesis_template: str,
+    multi_label: bool,
+) -> DeploymentResponse:
+    return handle.options(_by_reference=True).classify.remote(
+        texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label
+    )
+
+
+async def _via_object_ref(response: DeploymentResponse) -> ClassifyBody:
+    ref = await response._to_object_ref()
+    # `.future()` settles on a Ray thread; `wrap_future` hands the outcome to this loop with
+    # `call_soon_threadsafe`.
+    return await asyncio.wrap_future(ref.future())
+
+
+def _start_task(
+    loop: asyncio.AbstractEventLoop, response: DeploymentResponse
+) -> asyncio.Task[ClassifyBody]:
+    task = loop.create_task(_via_object_ref(response))
+    _placing.add(task)
+    task.add_done_callback(_placing.discard)
+    # A done-callback rather than `except CancelledError` in the coroutine: a task cancelled
+    # before its first step never enters the coroutine's body. `cancel()` does not block here:
+    # the request is either still unassigned (then dropped) or already has its replica.
+    task.add_done_callback(lambda done: response.cancel() if done.cancelled() else None)
+    return task
+
+
+def _settle_from(
+    task: asyncio.Task[ClassifyBody], future: concurrent.futures.Future[ClassifyBody]
+) -> None:
+    if future.done():  # the caller cancelled it: nobody is waiting for the outcome
+        return
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        future.set_exception(task.exception())
+    else:
+        future.set_result(task.result())
+
+
+def submit(
+    handle: DeploymentHandle,
+    texts: list[str] | str,
+    labels: list[str] | str,
+    *,
+    hypothesis_template: str = DEFAULT_TEMPLATE,
+    multi_label: bool = False,
+    callback: Callback | None = None,
+) -> concurrent.futures.Future[ClassifyBody]:
+    """Start one classification; return a `concurrent.futures.Future` of its `/v1/classify` body.
+
+    `callback(future)` runs once the future is done, with a result or an exception: on a Ray
+    thread, or on the loop's thread when called inside a running event loop.
+    """
+    response = _classify(handle, texts, labels, hypothesis_template, multi_label)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        future = response._to_object_ref_sync().future()
+    else:
+        future = concurrent.futures.Future()
+        task = _start_task(loop, response)
+        task.add_done_callback(lambda done: _settle_from(done, future))
+    if callback is not None:
+        future.add_done_callback(callback)
+    return future
+
+
+def submit_many(
+    handle: DeploymentHandle,
+    texts: Iterable[str],
+    labels: list[str] | str,
+    *,
+    hypothesis_template: str = DEFAULT_TEMPLATE,
+    multi_label: bool = False,
+    callback: Callback | None = None,
+) -> list[concurrent.futures.Future[ClassifyBody]]:
+    """One request (and one future, in the order of `texts`) per text; `callback` fires for each
+    as its result arrives, in whatever order they finish."""
+    return [
+        submit(
+            handle,
+            [text],
+            labels,
+            hypothesis_template=hypothesis_template,
+            multi_label=multi_label,
+            callback=callback,
+        )
+        for text in texts
+    ]
+
+
+def submit_async(
+    handle: DeploymentHandle,
+    texts: list[str] | str,
+    labels: list[str] | str,
+    *,
+    hypothesis_template: str = DEFAULT_TEMPLATE,
+    multi_label: bool = False,
+    callback: AsyncCallback | None = None,
+) -> asyncio.Future[ClassifyBody]:
+    """Like `submit`, for code on a running event loop: returns at once with an asyncio future
+    that settles on this loop, so `callback` and `await` run on the loop's thread.
+
+    Raises RuntimeError when no event loop is running in this thread (use `submit` there).
+    """
+    loop = asyncio.get_running_loop()
+    response = _classify(handle, texts, labels, hypothesis_template, multi_label)
+    future = _start_task(loop, response)
+    if callback is not None:
+        future.add_done_callback(callback)
+    return future

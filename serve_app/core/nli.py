@@ -1,0 +1,133 @@
+"""The zero-shot math, exactly as `transformers`' ZeroShotClassificationPipeline does it.
+
+Plain Python and numpy: label parsing, hypotheses, the entailment/contradiction index lookup and
+score normalisation, shared by every serving path (HTTP, handle, jobs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.core.results import TextResult
+
+class ModelLabelError(ValueError):
+    """The model's label map has no usable entailment label."""
+
+
+@dataclass(frozen=True)
+class NLILabelIndices:
+    entailment: int
+    contradiction: int
+
+
+def parse_labels(labels: str | Sequence[str]) -> list[str]:
+    """Split a comma-separated string the way the pipeline does; lists pass through."""
+    if isinstance(labels, str):
+        return [label.strip() for label in labels.split(",") if label.strip()]
+    return list(labels)
+
+
+def hypotheses(labels: Sequence[str], template: str) -> list[str]:
+    return [template.format(label) for label in labels]
+
+
+def nli_label_indices(id2label: Mapping[int, str]) -> NLILabelIndices:
+    """Find entailment and contradiction in the model's label map.
+
+    Entailment is the label starting with "entail" (case-insensitive), as in the pipeline.
+    Contradiction is the label starting with "contradict". The pipeline hard-codes index 0 (or
+    -1 when entailment is 0), which is wrong for maps such as {neutral, entailment,
+    contradiction}; we only fall back to that rule when no label says "contradict", which is
+    the two-label (entailment / not-entailment) case, where the other label stands in.
+    """
+    items = sorted((int(i), str(name)) for i, name in id2label.items())
+    n = len(items)
+    entailment = next((i for i, name in items if name.lower().startswith("entail")), None)
+    if entailment is None:
+        names = ", ".join(f"{i}: {name!r}" for i, name in items)
+        raise ModelLabelError(
+            "This model is not an NLI cross-encoder zsc can use: its label map {"
+            + names
+            + "} has no label starting with 'entail'. Use an NLI model (for example "
+            "cross-encoder/nli-MiniLM2-L6-H768) or fix id2label in its config.json."
+        )
+    if n < 2:
+        raise ModelLabelError("An NLI model needs at least two labels (entailment and another).")
+    contradiction = next((i for i, name in items if name.lower().startswith("contradict")), None)
+    if contradiction is None:
+        contradiction = n - 1 if entailment == 0 else 0
+    return NLILabelIndices(entailment=entailment, contradiction=contradiction)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    # Max-subtracted, so large logits cannot overflow (the pipeline's plain exp can).
+    shifted = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def label_scores(
+    logits: np.ndarray, indices: NLILabelIndices, multi_label: bool
+) -> np.ndarray:
+    """Scores for one text from its (n_labels, n_classes) logits, in label order.
+
+    Single-label: softmax of the entailment logits across labels. Multi-label, and any request
+    with one label: per-label softmax over [contradiction, entailment].
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2:
+        raise ValueError(f"expected (labels, classes) logits, got shape {logits.shape}")
+    if multi_label or logits.shape[0] == 1:
+        pair = logits[:, [indices.contradiction, indices.entailment]]
+        return _softmax(pair)[:, 1]
+    return _softmax(logits[:, indices.entailment])
+
+
+def rank(sequence: str, labels: Sequence[str], scores: np.ndarray) -> TextResult:
+    """Sort labels by score, highest first, with the pipeline's own tie order."""
+    # Same call as the pipeline (numpy argsort, reversed) so equal scores order identically.
+    order = list(reversed(np.asarray(scores).argsort()))
+    return TextResult(
+        sequence=sequence,
+        labels=[labels[i] for i in order],
+        scores=[float(scores[i]) for i in order],
+    )
+
+
+def score_texts(
+    texts: Sequence[str],
+    label_sets: Sequence[Sequence[str]],
+    logits: np.ndarray,
+    indices: NLILabelIndices,
+    multi_label: bool,
+) -> list[TextResult]:
+    """One result per text from text-major logits: text 0 x its labels, then text 1, ...
+
+    Each text may have its own labels (the prefilter keeps a different top k per text); its
+    single-label softmax runs over those labels only.
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    expected = sum(len(labels) for labels in label_sets)
+    if len(texts) != len(label_sets) or logits.ndim != 2 or logits.shape[0] != expected:
+        raise ValueError(f"expected {expected} rows of logits, got shape {logits.shape}")
+    results = []
+    start = 0
+    for text, labels in zip(texts, label_sets):
+        rows = logits[start : start + len(labels)]
+        results.append(rank(text, labels, label_scores(rows, indices, multi_label)))
+        start += len(labels)
+    return results
+
+
+def classify_from_logits(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    logits: np.ndarray,
+    indices: NLILabelIndices,
+    multi_label: bool,
+) -> list[TextResult]:
+    """`score_texts` where every text has the same labels."""
+    return score_texts(texts, [labels] * len(texts), logits, indices, multi_label)

@@ -1,0 +1,72 @@
+"""The Ingress deployment: HTTP (the FastAPI app, built per replica) and the Python entry point.
+
+`serve.get_app_handle("zsc")` returns a handle to this deployment, so its `classify` method is
+the Python API: `handle.classify.remote(texts, labels, hypothesis_template=..., multi_label=...)`
+returns exactly the body `POST /v1/classify` answers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import AppConfig
+from serve_app.core.defaults import DEFAULT_TEMPLATE
+from serve_app.core.requests import prepare_request, resolve_top_k
+from serve_app.deployments.limiter import RateLimitClient
+from serve_app.deployments.scoring import Scorer
+from serve_app.http.app import Services, create_app
+from serve_app.http.middleware.auth import ApiKeys
+from serve_app.http.render import classify_body
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self, config: AppConfig, scorer: Scorer, jobs: DeploymentHandle | None = None
+    ) -> None:
+        self.config = config
+        self.scorer = scorer
+        rate_limiter = None
+        if config.rate_limit.enabled:
+            rate_limiter = RateLimitClient(config.rate_limit)
+            # Find or create the shared limiter now, so the first requests after a deploy are
+            # limited instead of meeting an actor that is still starting (and failing open).
+            rate_limiter.connect()
+        self.services = Services(
+            config=config,
+            scorer=scorer,
+            jobs=jobs,
+            rate_limiter=rate_limiter,
+            # Read here, in the replica, so a key set in the pod's environment (e.g. from a
+            # Kubernetes secret) never travels through the app's config; only digests stay.
+            api_keys=ApiKeys.from_config(config.auth, os.environ),
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self.services)
+
+    async def classify(
+        self,
+        texts: list[str] | str,
+        labels: list[str] | str,
+        hypothesis_template: str = DEFAULT_TEMPLATE,
+        multi_label: bool = False,
+        prefilter_top_k: int | None = None,
+    ) -> dict[str, Any]:
+        """The Python API: the body `POST /v1/classify` answers for the same arguments.
+        In-cluster callers are trusted: no API key, no rate limit."""
+        prepared = prepare_request(
+            texts,
+            labels,
+            hypothesis_template,
+            multi_label,
+            self.config.limits,
+            resolve_top_k(prefilter_top_k, self.config.prefilter_top_k),
+        )
+        return classify_body(await self.scorer.classify(prepared))

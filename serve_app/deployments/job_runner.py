@@ -1,0 +1,113 @@
+"""The JobRunner deployment: the Ray shell around the job scheduler and the webhook outbox.
+
+One replica, and it is the only process that opens the SQLite job store: ingress replicas reach
+the store through this deployment's handle (`submit`, `get`, `list`, `cancel`), so they may run
+on any node. The runner itself must run on the node that holds the database file: `build_app`
+pins it to the Ray head node (docs/OPERATIONS.md, "Where the job store lives"). Its two loops
+(`serve_app.jobs.scheduler`, `serve_app.jobs.outbox`) start with the replica; what is Ray's here
+is scoring through the `Scorer`'s handles, paying the shared rate limit, and which failures of
+Ray's machinery are worth a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from ray import serve
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import RayServeException
+
+from serve_app.config import JobsConfig
+from serve_app.core.requests import PreparedRequest
+from serve_app.deployments.limiter import RateLimitClient
+from serve_app.deployments.scoring import Scorer
+from serve_app.jobs.models import Job, JobList, JobWithResults
+from serve_app.jobs.outbox import Outbox
+from serve_app.jobs.scheduler import JobScheduler
+from serve_app.jobs.store import JobStore
+
+log = logging.getLogger("ray.serve")
+
+# Failures of the machinery rather than of the request: the replica died or is restarting. The
+# same chunk on a new replica will succeed, so these are retried.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RayActorError,
+    WorkerCrashedError,
+    NodeDiedError,
+    ObjectLostError,
+    RayServeException,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, RayTaskError) and exc.cause is not None:
+        return is_transient(exc.cause)
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+@serve.deployment(name="JobRunner", num_replicas=1, max_ongoing_requests=256)
+class JobRunner:
+    def __init__(
+        self, config: JobsConfig, scorer: Scorer, limiter: RateLimitClient | None = None
+    ) -> None:
+        secret = config.webhook.secret or os.environ.get("ZSC_WEBHOOK_SECRET") or None
+        self.store = JobStore(config.db_path)
+        self.outbox = Outbox(self.store, config.webhook, secret)
+        self.scheduler = JobScheduler(
+            self.store,
+            config,
+            score=scorer.classify,
+            is_transient=is_transient,
+            # Jobs draw on their submitter's bucket chunk by chunk, waiting for tokens; they
+            # never fail on the limit.
+            pay=None if limiter is None else (
+                lambda key, pairs: limiter.acquire_wait(key, limiter.cost_of(pairs))
+            ),
+            on_terminal=self.outbox.wake,
+            secret=secret,
+        )
+        # The constructor runs on the replica's user event loop, which keeps running after it.
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self.scheduler.run(), name="zsc-jobs"),
+            loop.create_task(self.outbox.run(), name="zsc-outbox"),
+        ]
+        log.info("JobRunner ready: store %s", self.store.path.resolve())
+
+    async def submit(
+        self,
+        request: PreparedRequest,
+        owner: str | None = None,
+        rate_key: str | None = None,
+        callback_url: str | None = None,
+        metadata: dict[str, object] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        return self.scheduler.submit(request, owner, rate_key, callback_url, metadata, idempotency_key)
+
+    async def get(
+        self, job_id: str, owner: str | None, page: int = 1, page_size: int | None = None
+    ) -> JobWithResults | None:
+        return self.scheduler.get(job_id, owner, page, page_size)
+
+    async def list(self, owner: str | None, limit: int = 20, cursor: str | None = None) -> JobList:
+        return self.scheduler.list(owner, limit, cursor)
+
+    async def cancel(self, job_id: str, owner: str | None) -> Job | None:
+        return self.scheduler.cancel(job_id, owner)
+
+    async def check_health(self) -> None:
+        # A dead loop would leave jobs queued forever: fail the health check so Serve replaces
+        # this replica, and the new one resumes from the store.
+        for task in self._loops:
+            if task.done():
+                reason = "cancelled" if task.cancelled() else repr(task.exception())
+                raise RuntimeError(f"job runner loop {task.get_name()} stopped: {reason}")

@@ -1,0 +1,96 @@
+"""Where a model comes from: a local directory, or a hub id fetched once into the HF cache.
+
+`resolve_model_source` runs once in `build_app`, so a missing or unreachable model fails at
+start with one message naming the fix, and replicas load the resolved directory without touching
+the network. For a hub id only the files the configured backend needs are downloaded (an ONNX
+replica never fetches the safetensors). `read_model_files` reads config.json as JSON: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from serve_app.core.nli import NLILabelIndices, nli_label_indices
+from serve_app.engine.protocol import ModelFiles
+
+RANDOM_WEIGHTS_MARKER = "zsc_random_weights"
+# Config and tokenizer files of any architecture (BPE, WordPiece, SentencePiece).
+CONFIG_AND_TOKENIZER = ["*.json", "*.txt", "*.model", "merges.txt", "vocab.*"]
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says how to fix it."""
+
+
+def _offline_hint(model: str, exc: BaseException) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"Cannot load the model {model!r}: it is not a local directory and the Hugging Face hub "
+        f"could not provide it ({type(exc).__name__}: {first_line}). "
+        "Fix: pass a local directory that holds the model (make run MODEL=/path/to/model, or "
+        "serve run serve_app.app:build_app model=/path/to/model), download it once where the hub "
+        f"is reachable (hf download {model}), or run `make demo` for a tiny random test model."
+    )
+
+
+def resolve_model_source(
+    model: str, revision: str | None, weights: Sequence[str], required: str = "config.json"
+) -> str:
+    """The directory `from_pretrained` should load, failing fast with one clear message.
+
+    A local directory is used as is. A hub id is fetched into the Hugging Face cache once (a
+    no-op when cached), limited to config, tokenizer and `weights` (allow patterns).
+    """
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / required).is_file():
+            raise ModelLoadError(f"{path} is a directory but has no {required}: not a model")
+        return str(path.resolve())
+    if path.is_absolute() or model.startswith((".", "~")):
+        raise ModelLoadError(f"Model directory {model!r} does not exist.")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return str(
+            snapshot_download(
+                model, revision=revision, allow_patterns=[*CONFIG_AND_TOKENIZER, *weights]
+            )
+        )
+    except Exception as exc:  # network, auth, offline mode, missing repo: all mean "cannot load"
+        raise ModelLoadError(_offline_hint(model, exc)) from None
+
+
+def read_config(source: str) -> dict[str, object]:
+    config_file = Path(source) / "config.json"
+    try:
+        data = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {config_file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{config_file} is not a JSON object")
+    return data
+
+
+def read_model_files(source: str) -> ModelFiles:
+    """The label map and window of the model in `source`, from its config.json."""
+    config = read_config(source)
+    raw = config.get("id2label") or {}
+    id2label = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    positions = config.get("max_position_embeddings")
+    return ModelFiles(
+        source=source,
+        id2label=id2label,
+        max_positions=positions if isinstance(positions, int) else None,
+        random_weights=bool(config.get(RANDOM_WEIGHTS_MARKER, False)),
+    )
+
+
+def read_label_indices(source: str) -> NLILabelIndices:
+    """Entailment and contradiction in the model's label map; ModelLabelError if unusable."""
+    return nli_label_indices(read_model_files(source).id2label)
+
+
+def is_random_test_model(source: str) -> bool:
+    return (Path(source) / "config.json").is_file() and read_model_files(source).random_weights

@@ -1,0 +1,1 @@
+"""One module per API shape or resource; each renders its own answers from typed results."""

@@ -1,0 +1,40 @@
+"""`POST /v1/classify`: zsc's own shape, an answer now."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request, Response
+
+from serve_app.core.requests import prepare_request, resolve_top_k
+from serve_app.http.admission import admit
+from serve_app.http.render import classify_body
+from serve_app.http.schemas import ClassifyRequest, ClassifyResponse
+
+if TYPE_CHECKING:
+    from serve_app.http.app import Services
+
+
+def classify_router(svc: Services) -> APIRouter:
+    router = APIRouter(tags=["classify"])
+    config = svc.config
+
+    @router.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        response_model_exclude_none=True,
+        summary="Classify texts against labels now",
+    )
+    async def classify(body: ClassifyRequest, request: Request, response: Response) -> Any:
+        prepared = prepare_request(
+            body.text_list(),
+            body.labels,
+            body.hypothesis_template,
+            body.multi_label,
+            config.limits,
+            resolve_top_k(body.prefilter_top_k, config.prefilter_top_k),
+        )
+        await admit(svc.rate_limiter, request, response, prepared.pairs)
+        return classify_body(await svc.scorer.classify(prepared))
+
+    return router

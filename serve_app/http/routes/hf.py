@@ -1,0 +1,121 @@
+"""The Hugging Face task shape: `POST /` and `POST /predict` answer zero-shot classification
+as the Inference API specification defines it, so `huggingface_hub.InferenceClient(base_url=...)
+.zero_shot_classification(...)` and Inference Endpoints payloads work against zsc unmodified.
+
+Payload: `{"inputs": "text" | ["text", ...], "parameters": {"candidate_labels": [...] | "a, b",
+"multi_label", "hypothesis_template"}}`, with the inference toolkit's `candidateLabels` (and the
+older spec's camelCase keys) accepted. Answer: for one input a list of `{"label", "score"}`
+sorted by score; for a list of inputs, one such list per input. Scores are `/v1/classify`'s:
+the same validation, limits, rate limit and engine. The body is a bare list, so the random-model
+warning travels as the `X-Zsc-Warning` header.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from serve_app.core.defaults import DEFAULT_TEMPLATE
+from serve_app.core.requests import prepare_request, resolve_top_k
+from serve_app.core.results import Classification
+from serve_app.http.admission import admit
+
+if TYPE_CHECKING:
+    from serve_app.http.app import Services
+
+WARNING_HEADER = "X-Zsc-Warning"
+ROUTES = ("/", "/predict")
+
+
+class HFParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    candidate_labels: list[str] | str = Field(
+        ...,
+        validation_alias=AliasChoices("candidate_labels", "candidateLabels"),
+        description="Candidate labels, as a list or a comma-separated string.",
+    )
+    multi_label: StrictBool = Field(
+        False,
+        validation_alias=AliasChoices("multi_label", "multiLabel"),
+        description="Score each label independently instead of across labels.",
+    )
+    hypothesis_template: str = Field(
+        DEFAULT_TEMPLATE,
+        validation_alias=AliasChoices("hypothesis_template", "hypothesisTemplate"),
+        description="NLI hypothesis with exactly one {} for the label.",
+    )
+    prefilter_top_k: StrictInt | None = Field(
+        None, description="As in /v1/classify: with a prefilter, score only the top k labels."
+    )
+
+
+class HFRequest(BaseModel):
+    """The zero-shot-classification task payload of the Hugging Face Inference API."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "inputs": "The new phone's battery lasts two days.",
+                    "parameters": {"candidate_labels": ["technology", "sports", "politics"]},
+                }
+            ]
+        },
+    )
+
+    inputs: str | list[str] = Field(..., description="One text, or a list of texts.")
+    parameters: HFParameters
+    # The older Inference API's request options (wait_for_model, use_cache): accepted, unused.
+    options: dict[str, Any] | None = None
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+def hf_body(classification: Classification, one_input: bool) -> list[Any]:
+    per_text = [
+        [{"label": label, "score": score} for label, score in zip(r.labels, r.scores)]
+        for r in classification.results
+    ]
+    return per_text[0] if one_input else per_text
+
+
+def hf_router(svc: Services) -> APIRouter:
+    router = APIRouter(tags=["hugging face"])
+    config = svc.config
+
+    async def predict(body: HFRequest, request: Request, response: Response) -> Any:
+        params = body.parameters
+        prepared = prepare_request(
+            body.inputs,
+            params.candidate_labels,
+            params.hypothesis_template,
+            params.multi_label,
+            config.limits,
+            resolve_top_k(params.prefilter_top_k, config.prefilter_top_k),
+        )
+        await admit(svc.rate_limiter, request, response, prepared.pairs)
+        classification = await svc.scorer.classify(prepared)
+        if classification.warning is not None:
+            response.headers[WARNING_HEADER] = classification.warning
+        return hf_body(classification, isinstance(body.inputs, str))
+
+    for path in ROUTES:
+        router.add_api_route(
+            path,
+            predict,
+            methods=["POST"],
+            response_model=list[LabelScore] | list[list[LabelScore]],
+            summary="Zero-shot classification in the Hugging Face Inference API shape",
+            description="What `huggingface_hub.InferenceClient(base_url=...)."
+            "zero_shot_classification` posts: for one input, a list of {label, score} sorted by "
+            "score; for a list of inputs, one such list per input. Scores equal /v1/classify's.",
+            operation_id=f"hf_zero_shot{path.replace('/', '_')}",
+        )
+    return router

@@ -1,0 +1,1 @@
+"""Every zsc_* metric, defined in one place (docs/OPERATIONS.md lists them)."""
