@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import _deployment_options
+from serve_app.app import deployment_options
 from serve_app.config import AppConfig, DeploymentScale
 from serve_app.devtools.kube import (
     JOBS_MOUNT,
@@ -25,9 +25,8 @@ from serve_app.devtools.kube import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-# The KubeRay CRD lives beside the clone (CI puts the same copy there); a missing copy is a
-# failure, never a skip, so the manifest cannot go unvalidated silently.
-CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s-schemas" / "ray.io_rayservices.yaml"
+# KubeRay's CRD, vendored with the commit it came from (k8s/schemas/README.md).
+CRD = ROOT / "k8s" / "schemas" / "ray.io_rayservices.yaml"
 CONFIGS = sorted([*ROOT.glob("configs/*.yaml"), ROOT / "deploy_config.yaml"])
 
 
@@ -67,7 +66,7 @@ def test_autoscaling_and_resources_become_serve_options() -> None:
         resources={"zsc_worker": 1},
         autoscaling={"min_replicas": 1, "max_replicas": 3, "upscale_delay_s": 1},
     )
-    options = _deployment_options(scale)
+    options = deployment_options(scale, 0.5)
     assert "num_replicas" not in options  # Serve refuses it next to autoscaling_config
     assert options["ray_actor_options"]["resources"] == {"zsc_worker": 1}
     autoscaling = AutoscalingConfig(**options["autoscaling_config"])

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from conftest import free_port
 from live import wait_for
-from serve_app.api import install_error_handlers
+from serve_app.http.errors import install_error_handlers
 from serve_app.client.http import RetryPolicy
 
 

@@ -31,7 +31,7 @@ def chunk_results(request: dict[str, Any], size: int, index: int) -> list[dict[s
 
 def event_at(at: float):
     def factory(job: dict[str, Any]) -> OutboxEvent:
-        return OutboxEvent(f"job.{job['state']}", f'{{"id": "{job["id"]}"}}'.encode(), at)
+        return OutboxEvent(f"job.{job.state}", f'{{"id": "{job.id}"}}'.encode(), at)
 
     return factory
 
@@ -52,42 +52,42 @@ def run_all(store: JobStore, job_id: str, request: dict[str, Any], size: int) ->
 def test_lifecycle_timestamps_and_progress(store: JobStore) -> None:
     request = make_request(10)
     job, created = store.create_job(request, chunk_texts=4, now=100.0)
-    assert created and job["state"] == "queued" and job["created_at"] == 100.0
-    assert job["progress"] == {
+    assert created and job.state == "queued" and job.created_at == 100.0
+    assert job.progress.model_dump() == {
         "total_texts": 10, "completed_texts": 0, "total_chunks": 3, "completed_chunks": 0
     }
-    assert job["labels"] == ["a", "b"] and job["started_at"] is None
+    assert job.labels == ["a", "b"] and job.started_at is None
 
-    work = store.start_job(job["id"], now=101.0)
+    work = store.start_job(job.id, now=101.0)
     assert work.missing_chunks == [0, 1, 2] and work.chunk_texts == 4
     assert work.request == request
-    assert store.record_chunk(job["id"], 2, chunk_results(request, 4, 2))  # the short last chunk
-    view = store.get_job(job["id"], None)
-    assert view["state"] == "running" and view["started_at"] == 101.0
-    assert view["progress"]["completed_texts"] == 2 and view["progress"]["completed_chunks"] == 1
+    assert store.record_chunk(job.id, 2, chunk_results(request, 4, 2))  # the short last chunk
+    view = store.get_job(job.id, None)
+    assert view.state == "running" and view.started_at == 101.0
+    assert view.progress.completed_texts == 2 and view.progress.completed_chunks == 1
 
     with pytest.raises(ValueError):  # succeeded needs every chunk
-        store.finish_job(job["id"], "succeeded")
+        store.finish_job(job.id, "succeeded")
     for index in (0, 1):
-        store.record_chunk(job["id"], index, chunk_results(request, 4, index))
-    done = store.finish_job(job["id"], "succeeded", now=105.0)
-    assert done["state"] == "succeeded" and done["finished_at"] == 105.0
-    assert done["progress"]["completed_texts"] == 10
+        store.record_chunk(job.id, index, chunk_results(request, 4, index))
+    done = store.finish_job(job.id, "succeeded", now=105.0)
+    assert done.state == "succeeded" and done.finished_at == 105.0
+    assert done.progress.completed_texts == 10
 
 
 def test_a_chunk_is_recorded_exactly_once(store: JobStore) -> None:
     request = make_request(8)
     job, _ = store.create_job(request, chunk_texts=4)
-    store.start_job(job["id"])
-    assert store.record_chunk(job["id"], 1, chunk_results(request, 4, 1))
-    assert not store.record_chunk(job["id"], 1, chunk_results(request, 4, 1))
-    assert store.get_job(job["id"], None)["progress"]["completed_chunks"] == 1
+    store.start_job(job.id)
+    assert store.record_chunk(job.id, 1, chunk_results(request, 4, 1))
+    assert not store.record_chunk(job.id, 1, chunk_results(request, 4, 1))
+    assert store.get_job(job.id, None).progress.completed_chunks == 1
     # A restarted runner is told only what is left.
-    assert store.start_job(job["id"]).missing_chunks == [0]
+    assert store.start_job(job.id).missing_chunks == [0]
     with pytest.raises(ValueError):
-        store.record_chunk(job["id"], 0, fake_results(["only one"]))
+        store.record_chunk(job.id, 0, fake_results(["only one"]))
     with pytest.raises(IndexError):
-        store.record_chunk(job["id"], 2, fake_results(["x"]))
+        store.record_chunk(job.id, 2, fake_results(["x"]))
 
 
 def test_restart_resumes_from_the_file(tmp_path: Path) -> None:
@@ -95,83 +95,83 @@ def test_restart_resumes_from_the_file(tmp_path: Path) -> None:
     first = JobStore(path)
     request = make_request(6)
     job, _ = first.create_job(request, chunk_texts=2)
-    first.start_job(job["id"], now=50.0)
-    first.record_chunk(job["id"], 0, chunk_results(request, 2, 0))
+    first.start_job(job.id, now=50.0)
+    first.record_chunk(job.id, 0, chunk_results(request, 2, 0))
     first.close()
 
     second = JobStore(path)
-    assert second.active_job_ids() == [job["id"]]
-    work = second.start_job(job["id"], now=60.0)
+    assert second.active_job_ids() == [job.id]
+    work = second.start_job(job.id, now=60.0)
     assert work.missing_chunks == [1, 2]
-    assert second.get_job(job["id"], None)["started_at"] == 50.0  # resuming keeps started_at
+    assert second.get_job(job.id, None).started_at == 50.0  # resuming keeps started_at
     second.close()
 
 
 def test_terminal_states_never_change(store: JobStore) -> None:
     request = make_request(4)
     job, _ = store.create_job(request, chunk_texts=2)
-    store.start_job(job["id"])
-    store.record_chunk(job["id"], 0, chunk_results(request, 2, 0))
-    cancelled = store.cancel_job(job["id"], None, now=9.0)
-    assert cancelled["state"] == "cancelled" and cancelled["cancelled_at"] == 9.0
+    store.start_job(job.id)
+    store.record_chunk(job.id, 0, chunk_results(request, 2, 0))
+    cancelled = store.cancel_job(job.id, None, now=9.0)
+    assert cancelled.state == "cancelled" and cancelled.cancelled_at == 9.0
 
     # Late chunks are dropped, ending again is refused, cancelling again changes nothing.
-    assert not store.record_chunk(job["id"], 1, chunk_results(request, 2, 1))
-    assert store.finish_job(job["id"], "failed", {"type": "x", "message": "y"}) is None
-    assert store.cancel_job(job["id"], None, now=10.0)["cancelled_at"] == 9.0
-    assert store.start_job(job["id"]) is None
+    assert not store.record_chunk(job.id, 1, chunk_results(request, 2, 1))
+    assert store.finish_job(job.id, "failed", {"type": "x", "message": "y"}) is None
+    assert store.cancel_job(job.id, None, now=10.0).cancelled_at == 9.0
+    assert store.start_job(job.id) is None
     assert store.active_job_ids() == []
     # Even a direct write is refused by the database itself.
     with pytest.raises(sqlite3.IntegrityError):
-        store._db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job["id"],))
+        store._db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job.id,))
     # Partial results survive the cancel.
-    assert store.results_page(job["id"], 1, 10) == chunk_results(request, 2, 0) + [None, None]
+    assert store.results_page(job.id, 1, 10) == chunk_results(request, 2, 0) + [None, None]
 
 
 def test_failed_job_keeps_its_error(store: JobStore) -> None:
     job, _ = store.create_job(make_request(2), chunk_texts=2)
-    store.start_job(job["id"])
-    failed = store.finish_job(job["id"], "failed", {"type": "internal", "message": "boom"})
-    assert failed["state"] == "failed"
-    assert failed["error"] == {"type": "internal", "message": "boom"}
+    store.start_job(job.id)
+    failed = store.finish_job(job.id, "failed", {"type": "internal", "message": "boom"})
+    assert failed.state == "failed"
+    assert failed.error is not None and failed.error.model_dump() == {"type": "internal", "message": "boom"}
 
 
 def test_cancel_a_queued_job(store: JobStore) -> None:
     job, _ = store.create_job(make_request(3), chunk_texts=2)
-    assert store.cancel_job(job["id"], None)["state"] == "cancelled"
-    assert store.start_job(job["id"]) is None
-    assert store.results_page(job["id"], 1, 10) == [None, None, None]
+    assert store.cancel_job(job.id, None).state == "cancelled"
+    assert store.start_job(job.id) is None
+    assert store.results_page(job.id, 1, 10) == [None, None, None]
 
 
 def test_results_pages_cross_chunk_boundaries(store: JobStore) -> None:
     request = make_request(23)
     job, _ = store.create_job(request, chunk_texts=5)
-    run_all(store, job["id"], request, 5)
+    run_all(store, job.id, request, 5)
     expected = fake_results(request["texts"])
-    pages = [store.results_page(job["id"], page, 7) for page in range(1, 5)]
+    pages = [store.results_page(job.id, page, 7) for page in range(1, 5)]
     assert [len(p) for p in pages] == [7, 7, 7, 2]
     assert sum(pages, []) == expected
-    assert store.results_page(job["id"], 5, 7) == []
-    assert store.results_page(job["id"], 1, 100) == expected
+    assert store.results_page(job.id, 5, 7) == []
+    assert store.results_page(job.id, 1, 100) == expected
 
 
 def test_owners_see_only_their_jobs_newest_first(store: JobStore) -> None:
-    ids = [store.create_job(make_request(1), 1, owner="alice")[0]["id"] for _ in range(5)]
-    bob = store.create_job(make_request(1), 1, owner="bob")[0]["id"]
-    anonymous = store.create_job(make_request(1), 1)[0]["id"]
+    ids = [store.create_job(make_request(1), 1, owner="alice")[0].id for _ in range(5)]
+    bob = store.create_job(make_request(1), 1, owner="bob")[0].id
+    anonymous = store.create_job(make_request(1), 1)[0].id
 
     page, cursor = store.list_jobs("alice", limit=2)
-    assert [j["id"] for j in page] == ids[::-1][:2] and cursor == ids[3]
+    assert [j.id for j in page] == ids[::-1][:2] and cursor == ids[3]
     page, cursor = store.list_jobs("alice", limit=2, cursor=cursor)
-    assert [j["id"] for j in page] == [ids[2], ids[1]]
+    assert [j.id for j in page] == [ids[2], ids[1]]
     page, cursor = store.list_jobs("alice", limit=2, cursor=cursor)
-    assert [j["id"] for j in page] == [ids[0]] and cursor is None
+    assert [j.id for j in page] == [ids[0]] and cursor is None
 
-    assert [j["id"] for j in store.list_jobs(None, 10)[0]] == [anonymous]
+    assert [j.id for j in store.list_jobs(None, 10)[0]] == [anonymous]
     assert store.get_job(bob, "alice") is None and store.get_job(bob, None) is None
     assert store.get_job(anonymous, "bob") is None
     assert store.cancel_job(bob, "alice") is None
-    assert store.get_job(bob, "bob")["state"] == "queued"
+    assert store.get_job(bob, "bob").state == "queued"
     with pytest.raises(KeyError):
         store.list_jobs("alice", 10, cursor=bob)
 
@@ -180,12 +180,12 @@ def test_idempotency_key_per_owner(store: JobStore) -> None:
     request = make_request(3)
     first, created = store.create_job(request, 2, owner="alice", idempotency_key="k1")
     again, created_again = store.create_job(request, 2, owner="alice", idempotency_key="k1")
-    assert created and not created_again and again["id"] == first["id"]
+    assert created and not created_again and again.id == first.id
     # The same key from another owner (or anonymously) is another job.
     other, created_other = store.create_job(request, 2, owner="bob", idempotency_key="k1")
     anonymous, _ = store.create_job(request, 2, idempotency_key="k1")
-    assert created_other and len({first["id"], other["id"], anonymous["id"]}) == 3
-    assert store.create_job(request, 2, idempotency_key="k1")[0]["id"] == anonymous["id"]
+    assert created_other and len({first.id, other.id, anonymous.id}) == 3
+    assert store.create_job(request, 2, idempotency_key="k1")[0].id == anonymous.id
     with pytest.raises(IdempotencyConflict):
         store.create_job(make_request(4), 2, owner="alice", idempotency_key="k1")
     with pytest.raises(IdempotencyConflict):
@@ -195,15 +195,15 @@ def test_idempotency_key_per_owner(store: JobStore) -> None:
 def test_outbox_event_is_queued_with_the_terminal_state(store: JobStore) -> None:
     request = make_request(2)
     silent, _ = store.create_job(request, chunk_texts=2)  # no callback: no event
-    run_all(store, silent["id"], request, 2)
-    assert store.finish_job(silent["id"], "succeeded", event=event_at(0.0))["deliveries"] == []
+    run_all(store, silent.id, request, 2)
+    assert store.finish_job(silent.id, "succeeded", event=event_at(0.0)).deliveries == []
 
     job, _ = store.create_job(request, chunk_texts=2, callback_url="http://127.0.0.1:9/hook")
-    run_all(store, job["id"], request, 2)
-    done = store.finish_job(job["id"], "succeeded", event=event_at(100.0), now=100.0)
-    [delivery] = done["deliveries"]
-    assert delivery["event_type"] == "job.succeeded" and delivery["state"] == "pending"
-    assert delivery["next_attempt_at"] == 100.0 and delivery["attempts"] == []
+    run_all(store, job.id, request, 2)
+    done = store.finish_job(job.id, "succeeded", event=event_at(100.0), now=100.0)
+    [delivery] = done.deliveries
+    assert delivery.event_type == "job.succeeded" and delivery.state == "pending"
+    assert delivery.next_attempt_at == 100.0 and delivery.attempts == []
     assert store.next_delivery_at() == 100.0
 
 
@@ -211,12 +211,12 @@ def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:
     path = tmp_path / "jobs.sqlite3"
     store = JobStore(path)
     job, _ = store.create_job(make_request(1), 1, callback_url="http://127.0.0.1:9/hook")
-    store.cancel_job(job["id"], None, event=event_at(100.0), now=100.0)
+    store.cancel_job(job.id, None, event=event_at(100.0), now=100.0)
 
     assert store.claim_due_deliveries(lease_s=30, limit=10, now=99.0) == []
     [claimed] = store.claim_due_deliveries(lease_s=30, limit=10, now=100.0)
-    assert claimed.job_id == job["id"] and claimed.attempts == 0
-    assert claimed.body == f'{{"id": "{job["id"]}"}}'.encode()
+    assert claimed.job_id == job.id and claimed.attempts == 0
+    assert claimed.body == f'{{"id": "{job.id}"}}'.encode()
     # Leased while in flight: not claimed twice, but due again if this process dies.
     assert store.claim_due_deliveries(lease_s=30, limit=10, now=101.0) == []
     assert store.next_delivery_at() == 130.0
@@ -234,10 +234,10 @@ def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:
     # A late duplicate report changes nothing.
     assert store.record_attempt(again.event_id, False, None, "late", 200.0) == "delivered"
 
-    [delivery] = store.get_job(job["id"], None)["deliveries"]
-    assert delivery["state"] == "delivered" and delivery["finished_at"] == 106.0
-    assert delivery["next_attempt_at"] is None
-    assert delivery["attempts"] == [
+    [delivery] = store.get_job(job.id, None).deliveries
+    assert delivery.state == "delivered" and delivery.finished_at == 106.0
+    assert delivery.next_attempt_at is None
+    assert [a.model_dump() for a in delivery.attempts] == [
         {"attempt": 1, "at": 101.0, "status_code": 503, "error": None},
         {"attempt": 2, "at": 106.0, "status_code": 204, "error": None},
     ]
@@ -246,13 +246,13 @@ def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:
 
 def test_giving_up_marks_the_delivery_failed(store: JobStore) -> None:
     job, _ = store.create_job(make_request(1), 1, callback_url="http://127.0.0.1:9/hook")
-    store.start_job(job["id"])
-    store.finish_job(job["id"], "failed", {"type": "x", "message": "y"}, event=event_at(0.0))
+    store.start_job(job.id)
+    store.finish_job(job.id, "failed", {"type": "x", "message": "y"}, event=event_at(0.0))
     [claimed] = store.claim_due_deliveries(lease_s=30, limit=10, now=1.0)
     state = store.record_attempt(claimed.event_id, False, None, "connection refused", None, now=2.0)
     assert state == "failed"
     assert store.claim_due_deliveries(lease_s=30, limit=10, now=1e12) == []
-    [delivery] = store.get_job(job["id"], None)["deliveries"]
-    assert delivery["state"] == "failed"
-    assert delivery["attempts"][0]["error"] == "connection refused"
-    assert store.get_job(job["id"], None)["state"] == "failed"  # the job itself is untouched
+    [delivery] = store.get_job(job.id, None).deliveries
+    assert delivery.state == "failed"
+    assert delivery.attempts[0].error == "connection refused"
+    assert store.get_job(job.id, None).state == "failed"  # the job itself is untouched

@@ -72,12 +72,12 @@ def test_results_are_sorted_by_score_and_grouped_per_text() -> None:
         [[0, 1, 0], [0, 3, 0], [0, 2, 0], [0, 0, 0], [0, -1, 0], [0, 4, 0]], dtype=np.float32
     )
     results = nli.classify_from_logits(["t1", "t2"], ["a", "b", "c"], logits, idx, False)
-    assert [r["sequence"] for r in results] == ["t1", "t2"]
-    assert results[0]["labels"] == ["b", "c", "a"]
-    assert results[1]["labels"] == ["c", "a", "b"]
+    assert [r.sequence for r in results] == ["t1", "t2"]
+    assert results[0].labels == ["b", "c", "a"]
+    assert results[1].labels == ["c", "a", "b"]
     for r in results:
-        assert r["scores"] == sorted(r["scores"], reverse=True)
-        assert abs(sum(r["scores"]) - 1.0) < 1e-6
+        assert r.scores == sorted(r.scores, reverse=True)
+        assert abs(sum(r.scores) - 1.0) < 1e-6
 
 
 def test_wrong_logit_count_is_an_error() -> None:

@@ -91,13 +91,13 @@ def test_results_are_sorted_descending_and_keep_every_label(
 
     results = classify_from_logits(texts, labels, logits, indices, multi_label)
 
-    assert [r["sequence"] for r in results] == texts
+    assert [r.sequence for r in results] == texts
     for i, result in enumerate(results):
-        assert sorted(result["labels"]) == sorted(labels)
-        assert result["scores"] == sorted(result["scores"], reverse=True)
+        assert sorted(result.labels) == sorted(labels)
+        assert result.scores == sorted(result.scores, reverse=True)
         # Each label keeps its own score through the sort.
         expected = label_scores(
             logits[i * len(labels) : (i + 1) * len(labels)], indices, multi_label
         )
-        by_label = dict(zip(result["labels"], result["scores"]))
+        by_label = dict(zip(result.labels, result.scores))
         assert [by_label[label] for label in labels] == [float(s) for s in expected]

@@ -30,19 +30,28 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from conftest import free_port
 from serve_app.core.errors import ClientError
 from serve_app.jobs import webhooks
+from serve_app.jobs.models import JobError, JobWithResults
 from serve_app.jobs.ssrf import check_callback_url, is_public, refused_addresses
 
 LOCAL = ["localhost", "127.0.0.1"]
-JOB = {
-    "id": "job_1",
-    "object": "job",
-    "state": "succeeded",
-    "progress": {"total_texts": 5, "completed_texts": 5, "total_chunks": 1, "completed_chunks": 1},
-    "error": None,
-    "metadata": {"order": "A-17"},
-    "callback_url": "https://receiver.example/hook",
-    "results": [{"sequence": "x", "labels": ["a"], "scores": [1.0]}] * 1000,
-}
+PROGRESS = {"total_texts": 5, "completed_texts": 5, "total_chunks": 1, "completed_chunks": 1}
+JOB = JobWithResults(
+    id="job_1",
+    state="succeeded",
+    created_at=1.0,
+    started_at=2.0,
+    finished_at=3.0,
+    cancelled_at=None,
+    labels=["a"],
+    hypothesis_template="This example is {}.",
+    multi_label=False,
+    progress=PROGRESS,
+    error=None,
+    metadata={"order": "A-17"},
+    callback_url="https://receiver.example/hook",
+    deliveries=[],
+    results=[{"sequence": "x", "labels": ["a"], "scores": [1.0]}] * 1000,
+)
 
 
 # ---- signing -----------------------------------------------------------------------------------
@@ -104,9 +113,9 @@ def test_events_are_small_and_serialize_stably() -> None:
     assert event["type"] == "job.succeeded"
     assert dt.datetime.fromisoformat(event["timestamp"]).tzinfo is not None
     # Id, status and counts only: results, metadata and the URL stay on the job.
-    assert event["data"] == {"id": "job_1", "status": "succeeded", "progress": JOB["progress"]}
+    assert event["data"] == {"id": "job_1", "status": "succeeded", "progress": PROGRESS}
     error = {"type": "classifier_error", "message": "boom"}
-    failed = webhooks.build_event("job.failed", {**JOB, "state": "failed", "error": error})
+    failed = webhooks.build_event("job.failed", JOB.model_copy(update={"state": "failed", "error": JobError(**error)}))
     assert failed["data"]["error"] == error
 
     body = webhooks.serialize_event(event)
