@@ -44,12 +44,27 @@ def _own_rss_mb(_replica: Any) -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def actor_rss_mb(name: str, namespace: str) -> float:
-    """RSS of a named actor's process (a replica, the proxy, the limiter); Linux only."""
+def _imported_modules(_replica: Any) -> list[str]:
+    """Runs inside a replica's process (via __ray_call__): the top-level modules it imported."""
+    return sorted({name.split(".")[0] for name in sys.modules})
+
+
+def in_actor(name: str, namespace: str, fn: Callable[[Any], T]) -> T:
+    """Run `fn(actor_instance)` inside a named actor's process (a replica, the proxy, ...)."""
     # Workers cannot import this tests-only module: send the function itself, not its name.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     actor = ray.get_actor(name, namespace=namespace)
-    return ray.get(actor.__ray_call__.remote(_own_rss_mb), timeout=60)
+    return ray.get(actor.__ray_call__.remote(fn), timeout=60)
+
+
+def actor_rss_mb(name: str, namespace: str) -> float:
+    """RSS of a named actor's process (a replica, the proxy, the limiter); Linux only."""
+    return in_actor(name, namespace, _own_rss_mb)
+
+
+def actor_modules(name: str, namespace: str) -> list[str]:
+    """The top-level modules a named actor's process has imported."""
+    return in_actor(name, namespace, _imported_modules)
 
 
 def serving_actors(app: str) -> dict[str, str]:

@@ -43,8 +43,10 @@ from serve_app.devtools.kube import kube_app
 
 app = typer.Typer(help="zsc: zero-shot text classification on Ray Serve.", no_args_is_help=True)
 job_app = typer.Typer(help="Large inputs as server-side jobs (POST /v1/jobs).", no_args_is_help=True)
+export_app = typer.Typer(help="Export a local model for another backend.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(kube_app, name="k8s")
+app.add_typer(export_app, name="export")
 
 out_console = Console()
 # Messages may hold long paths: let the terminal wrap them, so they stay greppable lines.
@@ -368,6 +370,36 @@ def make_test_model(
         seed=seed,
     )
     typer.echo(f"wrote a random-weight NLI test model to {path} (its scores are random)")
+
+
+@export_app.command("onnx")
+def export_onnx_command(
+    model_dir: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="A local model directory (config.json, weights)."
+    ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="Also write a dynamic int8 file for this CPU: avx512_vnni, avx512, avx2 or arm64.",
+    ),
+) -> None:
+    """Write MODEL_DIR/onnx/model.onnx (and with --quantize MODEL_DIR/onnx/model_q*int8_<cpu>.onnx),
+    as hub repos lay them out; serve them with backend=onnx (and onnx_file for a quantised one)."""
+    try:
+        from serve_app.engine import export
+    except ImportError as exc:
+        raise fail(f"zsc export onnx needs torch and ONNX Runtime: {exc}", 'pip install "zsc[serve,onnx]"') from None
+    if quantize is not None and quantize not in export.PRESETS:
+        raise fail(f"--quantize must be one of {', '.join(export.PRESETS)}, not {quantize!r}")
+    written = [export.export_onnx(model_dir)]
+    if quantize is not None:
+        written.append(export.quantize_onnx(model_dir, quantize))
+    for path in written:
+        typer.echo(f"wrote {path}")
+    if quantize is not None:
+        err_console.print(
+            f"serve it with: backend=onnx onnx_file={written[-1].relative_to(model_dir)}", highlight=False
+        )
 
 
 @app.command("hash-key")

@@ -1,0 +1,168 @@
+"""The ONNX Runtime backend: hub-layout files written by `zsc export onnx`, served with
+`backend: onnx`, equal to the transformers pipeline, and never importing torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from transformers import pipeline
+
+from live import SERVE_NAMESPACE, actor_modules, replica_names
+from parity import CASES, Case, as_list, assert_same_results
+from serve_app.config import LimitsConfig, ModelConfig
+from serve_app.core.nli import parse_labels
+from serve_app.core.requests import prepare_request
+from serve_app.devtools.test_models import build_test_model
+from serve_app.engine.backends import backend_type
+from serve_app.engine.engine import Engine
+from serve_app.engine.source import ModelLoadError
+
+ONNX_TOLERANCE = 1e-4
+LABEL_ORDERS = {
+    "default": ("contradiction", "entailment", "neutral"),
+    "entailment_first": ("entailment", "neutral", "contradiction"),
+    "neutral_first": ("neutral", "entailment", "contradiction"),
+}
+ZSC = [sys.executable, "-m", "serve_app.cli"]
+
+
+def export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`zsc export onnx DIRECTORY ...`, the command users run."""
+    done = subprocess.run(
+        [*ZSC, "export", "onnx", str(directory), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny models with their ONNX files: RoBERTa-style in each label order, and BERT-style."""
+    root = tmp_path_factory.mktemp("onnx-models")
+    built = {
+        name: build_test_model(root / name, label_order=order, seed=i)
+        for i, (name, order) in enumerate(LABEL_ORDERS.items())
+    }
+    built["bert"] = build_test_model(root / "bert", arch="bert", seed=7)
+    for directory in built.values():
+        export(directory)
+    export(built["default"], "--quantize", "avx512_vnni")
+    return built
+
+
+def onnx_engine(directory: Path, **settings: object) -> Engine:
+    return Engine(ModelConfig(model=str(directory), backend="onnx", **settings), str(directory))
+
+
+def results(engine: Engine, case: Case) -> list[dict]:
+    request = prepare_request(case.texts, case.labels, case.template, case.multi_label, LimitsConfig())
+    return [r.as_dict() for r in engine.classify(request).results]
+
+
+def test_export_writes_the_hub_layout(models: dict[str, Path]) -> None:
+    assert (models["default"] / "onnx" / "model.onnx").is_file()
+    assert (models["default"] / "onnx" / "model_qint8_avx512_vnni.onnx").is_file()
+    import onnx
+
+    graph = onnx.load(str(models["bert"] / "onnx" / "model.onnx")).graph
+    assert {i.name for i in graph.input} == {"input_ids", "token_type_ids", "attention_mask"}
+    assert [o.name for o in graph.output] == ["logits"]
+    dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch_size", "sequence_length"]
+
+
+@pytest.mark.parametrize("name", [*LABEL_ORDERS, "bert"])
+def test_onnx_scores_equal_the_pipeline(models: dict[str, Path], name: str) -> None:
+    engine = onnx_engine(models[name])
+    assert engine.backend.name == "onnx"
+    assert engine.tokenizer.uses_token_types == (name == "bert")
+    reference = pipeline("zero-shot-classification", model=str(models[name]), device="cpu")
+    for case in CASES:
+        pairwise = case.multi_label or len(parse_labels(case.labels)) == 1
+        if name == "neutral_first" and pairwise:
+            continue  # the pipeline's contradiction index is wrong for this map (test_parity)
+        want = as_list(reference(case.texts, **case.pipeline_kwargs()))
+        assert_same_results(results(engine, case), want, ONNX_TOLERANCE)
+
+
+def test_a_quantised_file_loads_and_serves(models: dict[str, Path]) -> None:
+    engine = onnx_engine(models["default"], onnx_file="onnx/model_qint8_avx512_vnni.onnx")
+    assert engine.describe()["onnx_file"].endswith("model_qint8_avx512_vnni.onnx")
+    case = next(c for c in CASES if c.name == "many_texts")
+    for result in results(engine, case):
+        assert sorted(result["labels"]) == sorted(case.labels)
+        assert sum(result["scores"]) == pytest.approx(1.0, abs=1e-5)
+        assert result["scores"] == sorted(result["scores"], reverse=True)
+
+
+def test_the_fallback_file_and_a_missing_file(models: dict[str, Path], tmp_path: Path) -> None:
+    top = build_test_model(tmp_path / "top")
+    export(top)
+    (top / "onnx" / "model.onnx").rename(top / "model.onnx")  # the older layout, at the top
+    assert onnx_engine(top).describe()["onnx_file"] == str(top / "model.onnx")
+    (top / "model.onnx").unlink()
+    with pytest.raises(ModelLoadError, match="zsc export onnx"):
+        onnx_engine(top)
+
+
+def test_a_hub_id_fetches_only_what_the_backend_needs() -> None:
+    onnx_files = backend_type("onnx").files("onnx/model_qint8_arm64.onnx")
+    assert "onnx/model_qint8_arm64.onnx" in onnx_files
+    assert not any("safetensors" in f or f == "*.onnx" for f in onnx_files)
+    assert backend_type("torch").files("onnx/model.onnx") == ["*.safetensors"]
+
+
+def test_an_onnx_engine_never_imports_torch(models: dict[str, Path]) -> None:
+    code = (
+        "import json, sys\n"
+        "from serve_app.config import LimitsConfig, ModelConfig\n"
+        "from serve_app.core.requests import prepare_request\n"
+        "from serve_app.engine.engine import Engine\n"
+        f"d = {str(models['bert'])!r}\n"
+        "engine = Engine(ModelConfig(model=d, backend='onnx'), d)\n"
+        "engine.warm_up()\n"
+        "r = engine.classify(prepare_request(['a text'], ['x', 'y'], 'It is {}.', False, LimitsConfig()))\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'labels': r.results[0].labels}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["torch"] is False and sorted(answer["labels"]) == ["x", "y"]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", ["default", "bert"])
+def test_served_onnx_equals_the_pipeline_and_the_replica_has_no_torch(
+    deploy_app, models: dict[str, Path], name: str
+) -> None:
+    app = f"onnx-{name}"
+    url = deploy_app(app, model=str(models[name]), backend="onnx", jobs={"enabled": False})
+    reference = pipeline("zero-shot-classification", model=str(models[name]), device="cpu")
+    for case in CASES:
+        response = httpx.post(f"{url}/v1/classify", json=case.body(), timeout=60)
+        assert response.status_code == 200, response.text
+        want = as_list(reference(case.texts, **case.pipeline_kwargs()))
+        assert_same_results(response.json()["results"], want, ONNX_TOLERANCE)
+    assert httpx.get(f"{url}/v1/model", timeout=30).json()["backend"] == "onnx"
+    (replica,) = replica_names(app, "Classifier")
+    modules = actor_modules(replica, SERVE_NAMESPACE)
+    assert "onnxruntime" in modules and "torch" not in modules
+
+
+def test_environment_has_no_gpu_provider_surprise() -> None:
+    # device=auto picks CUDA only where onnxruntime-gpu offers it; on this CPU wheel, the CPU.
+    onnx_type = backend_type("onnx")
+    import onnxruntime
+
+    expected = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+    assert onnx_type.pick_device("auto") == expected
+    if expected == "cpu":
+        with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
+            onnx_type.pick_device("cuda")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
