@@ -7,15 +7,17 @@ DEMO_MODEL ?= .zsc/demo-model
 PORT ?= 8000
 STAMP := $(VENV)/.zsc-installed
 
-.PHONY: install run demo test test-fast browser soak bench bench-gpu clean
+.PHONY: install run demo test test-fast lint browser soak bench bench-gpu clean
 
+# The whole development set: the server (torch), ONNX Runtime, the prefilter, tests, benchmarks.
 # torch is pinned first: 2.13.0 is the CPU build this project is tested with (a plain `torch`
-# would pull a multi-GB CUDA build on machines without a GPU).
+# would pull a multi-GB CUDA build on machines without a GPU). A client-only install is just
+# `pip install .` (README, "Install").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test,bench]"
+	$(BIN)/pip install -q -e ".[serve,onnx,prefilter,test,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,8 +34,15 @@ demo: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: install browser
+# Every test but the soak (`make soak`, about 10 minutes of steady load), after the lint gate.
+test: install browser lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# ruff (lint and format) and mypy (strict on the modules without Ray; see pyproject.toml).
+lint: install
+	$(BIN)/ruff check serve_app tests bench
+	$(BIN)/ruff format --check serve_app tests bench
+	$(BIN)/mypy
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser" tests

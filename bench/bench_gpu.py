@@ -48,11 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-if str(BENCH_DIR) not in sys.path:  # bench.py's pieces, also in the spawned client processes
-    sys.path.insert(0, str(BENCH_DIR))
-
-from bench import (  # noqa: E402  (importing bench also sets the offline/Ray env defaults)
+from serve_app.devtools.benchmarking import (
     APP,
     DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
@@ -62,8 +58,10 @@ from bench import (  # noqa: E402  (importing bench also sets the offline/Ray en
     Tally,
     batch_size_sweep,
     describe_workload,
+    encode_items,
     ensure_model,
     free_port,
+    hf_tokenizer,
     http_run,
     loadavg,
     log,
@@ -76,8 +74,13 @@ from bench import (  # noqa: E402  (importing bench also sets the offline/Ray en
     tree_cpu_seconds,
 )
 
-if TYPE_CHECKING:  # serve_app.model imports torch: not in the HTTP client processes
-    from serve_app.model import Pair
+if TYPE_CHECKING:
+    from serve_app.engine.protocol import Pair
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_worker_niceness", "0")  # replicas at the driver's priority
 
 SMOKE_MODEL_DIR = REPO / ".zsc" / "bench-smoke-model"
 GPU_CONFIG = REPO / "configs" / "serve_config_gpu.yaml"
@@ -181,10 +184,9 @@ def reset_replica_batch_stats(classifier: Any, replicas: int) -> None:
 
 def replica_batch_stats(classifier: Any, replicas: int) -> dict[str, Any]:
     """Batch stats merged over the replicas that ran batches: fan out calls as above and keep one
-    answer per replica (a replica answers the same every time while no load runs, and two that
-    ran batches never coincide: their model times differ)."""
+    answer per replica (each answer names its replica)."""
     answers = [r.result() for r in [classifier.batch_stats.remote() for _ in range(8 * replicas)]]
-    seen = list({(a["batches"], a["forward_s"]): a for a in answers if a["batches"]}.values())
+    seen = list({a["replica"]: a for a in answers if a["batches"]}.values())
     batches = sum(a["batches"] for a in seen)
 
     def weighted(field_name: str) -> float:
@@ -247,7 +249,7 @@ def measure_raw(
     import torch
 
     fp32, half_name = models["fp32"], HALF_NAMES[half]
-    on_gpu = fp32.device.type == "cuda"
+    on_gpu = fp32.device == "cuda"
     # First forwards of a process (CUDA context, cuBLAS handles, kernel choice) are slow.
     for model in models.values():
         for bs in (min(plan.batch_sizes), max(plan.batch_sizes)):
@@ -272,7 +274,7 @@ def measure_raw(
             before = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             raw_forward(model, sweep_pairs, best_bs[name])
-            weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+            weights = sum(p.numel() * p.element_size() for p in model.backend.model.parameters())
             memory[name] = {
                 "weights_mib": round(weights / 2**20, 1),
                 "peak_activations_mib": round((torch.cuda.max_memory_allocated() - before) / 2**20, 1),
@@ -566,8 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from serve_app.core.defaults import DEFAULT_TEMPLATE, ModelConfig
-    from serve_app.model import NLIModel
+    from serve_app.config import ModelConfig
+    from serve_app.engine.engine import Engine
 
     if device == "cuda" and not torch.cuda.is_available():
         log(f"no GPU visible to torch {torch.__version__}: this needs a CUDA build of torch and a GPU "
@@ -580,12 +582,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = ensure_model((opts.model_dir or (SMOKE_MODEL_DIR if opts.smoke else DEFAULT_MODEL_DIR)).resolve(),
                              full_size=not opts.smoke)
     half_name = HALF_NAMES[opts.half]
-    models = {name: NLIModel(ModelConfig(model=str(model_dir), device=device, dtype=dtype))
-              for name, dtype in (("fp32", "float32"), (half_name, opts.half))}
+    models = {
+        name: Engine(ModelConfig(model=str(model_dir), device=device, dtype=dtype), str(model_dir))
+        for name, dtype in (("fp32", "float32"), (half_name, opts.half))
+    }
     fp32 = models["fp32"]
 
-    mixed = make_items(fp32.tokenizer, mixed_counts(plan.texts, opts.seed), seed=opts.seed)
-    mixed_pairs = [fp32.encode([i.text], list(i.labels), DEFAULT_TEMPLATE).pairs for i in mixed]
+    mixed = make_items(hf_tokenizer(model_dir), mixed_counts(plan.texts, opts.seed), seed=opts.seed)
+    mixed_pairs = encode_items(fp32, mixed)
     step = max(1, len(mixed) // plan.sweep_texts)
     sweep_pairs = mixed_pairs[::step][: plan.sweep_texts]
     workload = describe_workload(mixed, mixed_pairs)

@@ -53,7 +53,6 @@ def auto_classifier_cpus(config: AppConfig) -> float:
     """`num_cpus: auto`: the machine's CPUs less what the ingress replicas reserve (the proxy
     and the job runner reserve none), for one Classifier replica on a single machine."""
     ingress = config.ingress
-    assert ingress.num_cpus != "auto"
     replicas = ingress.num_replicas if isinstance(ingress.num_replicas, int) else 1
     if ingress.autoscaling is not None:
         replicas = ingress.autoscaling.initial_replicas or ingress.autoscaling.min_replicas
@@ -80,11 +79,6 @@ def deployment_options(scale: DeploymentScale, num_cpus: float) -> dict[str, Any
     return options
 
 
-def fixed_cpus(scale: DeploymentScale) -> float:
-    assert scale.num_cpus != "auto"
-    return scale.num_cpus
-
-
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     settings = config.model_settings()
@@ -97,8 +91,11 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         raise StartupError(f"zsc: {exc}") from None
 
     # Threads follow the reservation when build_app sized it; else Ray's OMP_NUM_THREADS.
-    budget = auto_classifier_cpus(config) if config.classifier.num_cpus == "auto" else None
-    classifier_cpus = budget if budget is not None else fixed_cpus(config.classifier)
+    budget: float | None = None
+    if config.classifier.num_cpus == "auto":
+        budget = classifier_cpus = auto_classifier_cpus(config)
+    else:
+        classifier_cpus = config.classifier.num_cpus
     # Replicas load the already-resolved source, so they never touch the network. Batching is
     # bound once, as user_config, so a redeploy with a new one retunes running replicas.
     classifier = Classifier.options(
@@ -118,7 +115,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             # Jobs draw on the same buckets as the ingress (the same limiter actors).
             RateLimitClient(config.rate_limit) if config.rate_limit.enabled else None,
         )
-    return Ingress.options(**deployment_options(config.ingress, fixed_cpus(config.ingress))).bind(
+    return Ingress.options(**deployment_options(config.ingress, config.ingress.num_cpus)).bind(
         config, scorer, jobs
     )
 

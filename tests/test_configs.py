@@ -80,6 +80,10 @@ def test_autoscaling_and_resources_become_serve_options() -> None:
 def test_autoscaling_and_a_fixed_replica_count_conflict() -> None:
     with pytest.raises(ValueError, match="conflicts with autoscaling"):
         DeploymentScale(num_replicas=3, autoscaling={"max_replicas": 4})
+    # Given explicitly, even the default value conflicts: the operator meant one of the two.
+    with pytest.raises(ValueError, match="conflicts with autoscaling"):
+        DeploymentScale(num_replicas=1, autoscaling={"max_replicas": 4})
+    assert DeploymentScale(autoscaling={"max_replicas": 4}).autoscaling is not None
     with pytest.raises(ValueError, match="max_replicas"):
         DeploymentScale(autoscaling={"min_replicas": 3, "max_replicas": 2})
 

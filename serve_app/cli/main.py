@@ -20,6 +20,7 @@ import httpx
 import typer
 from rich.bar import Bar
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -76,9 +77,10 @@ def connection_options(
 
 
 def fail(message: str, hint: str | None = None) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    # Messages are text, not markup: "zsc[serve]" must print as written.
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False)
     if hint:
-        err_console.print(hint, highlight=False)
+        err_console.print(hint, highlight=False, markup=False)
     return typer.Exit(1)
 
 
@@ -95,7 +97,7 @@ def reported_errors(url: str, hint: str | None = None) -> Iterator[None]:
 
 def warn(message: str | None) -> None:
     if message:
-        err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def print_json(data: Any) -> None:
@@ -385,15 +387,18 @@ def export_onnx_command(
 ) -> None:
     """Write MODEL_DIR/onnx/model.onnx (and with --quantize MODEL_DIR/onnx/model_q*int8_<cpu>.onnx),
     as hub repos lay them out; serve them with backend=onnx (and onnx_file for a quantised one)."""
-    try:
-        from serve_app.engine import export
-    except ImportError as exc:
-        raise fail(f"zsc export onnx needs torch and ONNX Runtime: {exc}", 'pip install "zsc[serve,onnx]"') from None
+    from serve_app.engine import export
+
     if quantize is not None and quantize not in export.PRESETS:
         raise fail(f"--quantize must be one of {', '.join(export.PRESETS)}, not {quantize!r}")
-    written = [export.export_onnx(model_dir)]
-    if quantize is not None:
-        written.append(export.quantize_onnx(model_dir, quantize))
+    try:
+        written = [export.export_onnx(model_dir)]
+        if quantize is not None:
+            written.append(export.quantize_onnx(model_dir, quantize))
+    except ImportError as exc:
+        raise fail(
+            f"zsc export onnx needs torch and ONNX Runtime ({exc})", 'pip install "zsc[serve,onnx]"'
+        ) from None
     for path in written:
         typer.echo(f"wrote {path}")
     if quantize is not None:
@@ -427,15 +432,17 @@ def hash_key_command(
 @app.command("bench")
 def bench_command(
     quick: bool = typer.Option(False, "--quick", help="A small run (under 2 minutes on an idle machine)."),
-    backend: str = typer.Option("torch", "--backend", help="torch (fp32) or int8: for (c), (d) and (e)."),
+    backend: str = typer.Option(
+        "torch", "--backend", help="torch (fp32), int8, onnx or onnx-int8: the served backend."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Directory for JSON, Markdown and PNG (default: bench/results)."),
 ) -> None:
     """Benchmark the service against its peers and a raw batched forward (bench/bench.py; minutes)."""
     import importlib.util
     import sys
 
-    if backend not in ("torch", "int8"):
-        raise fail(f"--backend must be torch or int8, not {backend!r}")
+    if backend not in ("torch", "int8", "onnx", "onnx-int8"):
+        raise fail(f"--backend must be torch, int8, onnx or onnx-int8, not {backend!r}")
     script = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
     if not script.is_file():
         raise fail(f"{script} not found", "zsc bench runs from a source checkout (pip install -e .)")

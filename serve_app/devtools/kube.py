@@ -19,8 +19,8 @@ DEPLOY_CONFIG = REPO_ROOT / "deploy_config.yaml"
 MANIFEST = REPO_ROOT / "k8s" / "rayservice.yaml"
 
 RAY_VERSION = "2.60.0"
-IMAGE = "zsc:0.1.0"
-GPU_IMAGE = "zsc:0.1.0-gpu"
+IMAGE = "zsc:0.2.0"
+GPU_IMAGE = "zsc:0.2.0-gpu"
 JOBS_VOLUME = "zsc-jobs"
 JOBS_MOUNT = "/data/zsc"  # deploy_config.yaml's jobs.db_path lives here, on the head node
 # KubeRay starts every node with --metrics-export-port=8080 (Ray's Prometheus endpoint).

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from serve_app.core.defaults import DEFAULT_TEMPLATE
+from serve_app.core.results import TextResult
 
 
 class ClassifyRequest(BaseModel):
@@ -64,17 +65,9 @@ class JobRequest(ClassifyRequest):
     metadata: dict[str, Any] | None = Field(None, description="Echoed back on the job.")
 
 
-class TextResultBody(BaseModel):
-    """One text's answer, shaped and ordered like the `transformers` pipeline's output."""
-
-    sequence: str
-    labels: list[str]
-    scores: list[float]
-
-
 class ClassifyResponse(BaseModel):
     model: str
-    results: list[TextResultBody]
+    results: list[TextResult]
     usage: dict[str, int] = Field(
         description="pairs: (text, label) pairs scored; with a prefilter also labels_considered "
         "and labels_scored (per text)."

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from serve_app.core.results import TextResult
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 DeliveryState = Literal["pending", "delivered", "failed"]
 
@@ -61,14 +63,6 @@ class Job(BaseModel):
     deliveries: list[WebhookDelivery]
 
 
-class JobResult(BaseModel):
-    """One text's answer, shaped like `POST /v1/classify`'s results."""
-
-    sequence: str
-    labels: list[str]
-    scores: list[float]
-
-
 class ResultsPage(BaseModel):
     page: int
     page_size: int
@@ -79,7 +73,7 @@ class ResultsPage(BaseModel):
 class JobWithResults(Job):
     """A job with one page of its results once it has ended (null for texts never run)."""
 
-    results: list[JobResult | None] | None = None
+    results: list[TextResult | None] | None = None
     results_page: ResultsPage | None = None
 
 

@@ -24,7 +24,8 @@ from serve_app.core.errors import ClientError
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.jobs import webhooks
-from serve_app.jobs.models import Job, JobList, JobResult, JobWithResults, ResultsPage
+from serve_app.core.results import TextResult
+from serve_app.jobs.models import Job, JobList, JobWithResults, ResultsPage
 from serve_app.jobs.store import TERMINAL_STATES, IdempotencyConflict, JobStore, JobWork, OutboxEvent
 
 log = logging.getLogger("ray.serve")
@@ -158,7 +159,7 @@ class JobScheduler:
             size = page_size or self.config.results_page_size
             pages = math.ceil(job.progress.total_texts / size)
             page_results = self.store.results_page(job_id, page, size)
-            view.results = [None if r is None else JobResult(**r) for r in page_results]
+            view.results = [None if r is None else TextResult(**r) for r in page_results]
             view.results_page = ResultsPage(
                 page=page, page_size=size, total_pages=pages, has_more=page < pages
             )
