@@ -66,7 +66,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     # Max-subtracted, so large logits cannot overflow (the pipeline's plain exp can).
     shifted = x - x.max(axis=-1, keepdims=True)
     e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def label_scores(

@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +364,7 @@ def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[flo
     started = now()
     for labels, indices in groups.items():
 
-        def texts(indices: list[int] = indices):
+        def texts(indices: list[int] = indices) -> Iterator[str]:
             for i in indices:
                 taken[i] = now()
                 yield items[i].text

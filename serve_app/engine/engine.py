@@ -121,12 +121,13 @@ class Engine:
 
     def finish(self, scoring: Scoring, computed: Sequence[np.ndarray]) -> Classification:
         """Fill in the computed rows (in `todo` order), cache them, and score each text."""
-        rows = list(scoring.rows)
-        missing = [i for i, row in enumerate(rows) if row is None]
+        known = list(scoring.rows)
+        missing = [i for i, row in enumerate(known) if row is None]
         for i, row in zip(missing, computed, strict=True):
-            rows[i] = row
+            known[i] = row
         if scoring.keys is not None:
             self.cache.put_many([scoring.keys[i] for i in missing], computed)
+        rows = [row for row in known if row is not None]  # all of them, now
         request = scoring.request
         logits = np.stack(rows) if rows else np.zeros((0, len(self.id2label)), np.float32)
         usage = None

@@ -57,7 +57,8 @@ def export_onnx(model_dir: str | Path) -> Path:
         padding=True,
         return_tensors="pt",
     )
-    axes = {"batch_size": 0, "sequence_length": 1}
+    dynamic_axes: dict[str, dict[int, str]] = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+    dynamic_axes["logits"] = {0: "batch_size"}
     with torch.no_grad():
         torch.onnx.export(
             Logits(model.eval()),
@@ -68,10 +69,7 @@ def export_onnx(model_dir: str | Path) -> Path:
             input_names=names,
             output_names=["logits"],
             do_constant_folding=True,
-            dynamic_axes={
-                **{n: {axis: name for name, axis in axes.items()} for n in names},
-                "logits": {0: "batch_size"},
-            },
+            dynamic_axes=dynamic_axes,
         )
     return out
 

@@ -145,11 +145,12 @@ class PairTokenizer:
                         raise hypothesis_too_long(
                             self.window, "the hypothesis alone leaves no room for the text"
                         )
-                    first = cut.get((text, room))
-                    if first is None:
-                        first = copy.deepcopy(premise)
-                        first.truncate(room, direction=self._side)
-                        cut[(text, room)] = first
+                    cached = cut.get((text, room))
+                    if cached is None:
+                        cached = copy.deepcopy(premise)
+                        cached.truncate(room, direction=self._side)
+                        cut[(text, room)] = cached
+                    first = cached
                     was_cut = True
                 pair = self._core.post_process(first, by_hyp[hyp], add_special_tokens=True)
                 types = tuple(pair.type_ids) if self.uses_token_types else None

@@ -5,6 +5,7 @@ JSON 500 of type `internal_error` for a zsc bug (never a traceback)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,7 +48,9 @@ def retry_later(type_: str, message: str, retry_after_s: int = 1) -> JSONRespons
 def install_error_handlers(app: FastAPI) -> None:
     metrics = ErrorMetrics()
 
-    def answer(type_: str, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    def answer(
+        type_: str, message: str, status: int, headers: Mapping[str, str] | None = None
+    ) -> JSONResponse:
         metrics.count(type_, "ingress")
         return JSONResponse(error_body(type_, message), status_code=status, headers=headers)
 

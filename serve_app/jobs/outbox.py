@@ -49,6 +49,8 @@ class Outbox:
             await wait_event(self._wake, timeout)
 
     async def _deliver(self, delivery: Delivery) -> None:
+        status: int | None
+        error: str | None
         if self.secret is None:
             ok, status, error = False, None, "no webhook secret configured; not sent"
         else:

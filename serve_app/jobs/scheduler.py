@@ -43,7 +43,7 @@ Pay = Callable[[str | None, int], Awaitable[None]]  # (rate key, pairs): waits f
 
 def chunk_backoff_s(attempt: int) -> float:
     """Delay after the `attempt`-th failed try of a chunk (1-based): 0.5 s doubling to 30 s."""
-    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1))
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (attempt - 1))
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:

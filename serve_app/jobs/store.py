@@ -490,7 +490,8 @@ class JobStore:
         row = self._db.execute(
             "SELECT min(next_attempt_at) FROM outbox WHERE state = 'pending'"
         ).fetchone()
-        return row[0]
+        due: float | None = row[0]
+        return due
 
     def record_attempt(
         self,
@@ -513,7 +514,8 @@ class JobStore:
             if row is None:
                 raise KeyError(event_id)
             if row["state"] != "pending":
-                return row["state"]
+                recorded: DeliveryState = row["state"]
+                return recorded
             attempt = row["attempts"] + 1
             db.execute(
                 "INSERT INTO attempts (event_id, attempt, at, status_code, error)"
@@ -586,7 +588,7 @@ class JobStore:
             ).fetchall()
             out.append(
                 WebhookDelivery(
-                    **{key: event[key] for key in event.keys()},
+                    **dict(event),
                     attempts=[DeliveryAttempt(**dict(attempt)) for attempt in attempts],
                 )
             )

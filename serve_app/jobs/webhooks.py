@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from serve_app.core.errors import ClientError
+from serve_app.jobs.models import Job
 from serve_app.jobs.ssrf import ResolvedTarget, check_callback_url
 
 SECRET_PREFIX = "whsec_"
