@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
+from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.errors import ClientError
 from serve_app.client.futures import submit, submit_async, submit_many
@@ -131,10 +133,43 @@ async def test_submit_works_inside_a_running_loop(zsc_handle, http_reference) ->
         await asyncio.wait_for(asyncio.wrap_future(failed), 60)
 
 
-async def test_cancelling_the_asyncio_future_leaves_the_handle_usable(zsc_handle) -> None:
-    future = submit_async(zsc_handle, TEXTS[:50], LABELS)
+WAITING_APP = "futures-wait"
+BATCH_WAIT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def waiting_app(deploy_app) -> tuple[DeploymentHandle, DeploymentHandle]:
+    """An app whose Classifier holds every batch open for 5 s (batching's longest wait) under a
+    token budget no request here fills: a request's pairs sit queued in the replica for 5 s
+    before the model runs them, long enough for a cancel to reach them there."""
+    deploy_app(
+        WAITING_APP,
+        batching={"max_batch_tokens": 65536, "batch_wait_timeout_s": BATCH_WAIT_S},
+    )
+    return (
+        serve.get_app_handle(WAITING_APP),
+        serve.get_deployment_handle("Classifier", app_name=WAITING_APP),
+    )
+
+
+async def test_cancelling_the_asyncio_future_cancels_the_request(waiting_app) -> None:
+    app, classifier = waiting_app
+    await classifier.reset_batch_stats.remote()
+    texts = [f"Cancelled {i}: the match went to penalties." for i in range(50)]
+    future = submit_async(app, texts, LABELS)
+    await asyncio.sleep(1.0)  # the request reaches the Classifier; its 150 pairs wait there
+    assert not future.done()
     future.cancel()
     with pytest.raises(asyncio.CancelledError):
         await future
-    body = await asyncio.wait_for(submit_async(zsc_handle, ["after a cancel"], LABELS), 60)
+    # The batch they were queued in has closed since (5 s after they came): had the cancel not
+    # reached the replica, the model would have run them by now. Serve drops cancelled pairs.
+    await asyncio.sleep(BATCH_WAIT_S + 3)
+    stats = await classifier.batch_stats.remote()
+    assert stats["batches"] == 0, f"the cancelled request's pairs were run: {stats}"
+
+    # The handle stays usable, and the model runs exactly the next request's pairs.
+    body = await asyncio.wait_for(submit_async(app, ["after a cancel"], LABELS), 60)
     assert body["results"][0]["sequence"] == "after a cancel"
+    stats = await classifier.batch_stats.remote()
+    assert (stats["batches"], stats["max_pairs_per_batch"]) == (1, len(LABELS)), stats

@@ -21,9 +21,12 @@ import httpx
 import pytest
 import ray
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from standardwebhooks import Webhook, WebhookVerificationError
+from transformers import AutoTokenizer
 
 from conftest import free_port
+from live import SERVE_NAMESPACE, replica_names
 from parity import assert_same_results
 
 pytestmark = pytest.mark.ray
@@ -156,10 +159,18 @@ def all_results(url: str, job_id: str, page_size: int = 1000) -> list[dict[str, 
         page += 1
 
 
-def classifier_replicas(app: str) -> list[str]:
-    prefix = f"SERVE_REPLICA::{app}#Classifier#"
-    actors = ray.util.list_named_actors(all_namespaces=True)
-    return [a["name"] for a in actors if a["name"].startswith(prefix)]
+def recorded_chunks(db_path: Path, job_id: str) -> dict[int, float]:
+    """chunk index -> when the store recorded it, read from the job store's file itself."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        return dict(
+            db.execute(
+                "SELECT chunk_index, recorded_at FROM chunks WHERE job_id = ?", (job_id,)
+            ).fetchall()
+        )
+
+
+def classifier() -> DeploymentHandle:
+    return serve.get_deployment_handle("Classifier", app_name=APP)
 
 
 class Receiver:
@@ -236,10 +247,10 @@ def test_job_gives_the_classify_results(url: str, reference: list[dict[str, Any]
 
 
 def test_cancel_stops_the_job_and_keeps_partial_results(
-    url: str, reference: list[dict[str, Any]]
+    url: str, db_path: Path, reference: list[dict[str, Any]]
 ) -> None:
     job = submit(url, TEXTS)
-    wait_for_chunks(url, job["id"], 2)
+    wait_for_chunks(url, job["id"], 4)
     answer = httpx.post(f"{url}/v1/jobs/{job['id']}/cancel", timeout=30)
     assert answer.status_code == 200, answer.text
     cancelled = answer.json()
@@ -247,7 +258,20 @@ def test_cancel_stops_the_job_and_keeps_partial_results(
     done = cancelled["progress"]["completed_texts"]
     assert 0 < done < N_TEXTS
 
-    time.sleep(1.5)  # chunks that were in flight must not count after the cancel
+    # How fast chunks landed before the cancel; after it, wait for several chunks' worth, so
+    # that had chunks kept running, some would have been recorded or reached the model.
+    before = sorted(recorded_chunks(db_path, job["id"]).values())
+    assert len(before) >= 4
+    chunk_s = (before[-1] - before[0]) / (len(before) - 1)
+    time.sleep(max(1.0, 2 * chunk_s))  # a forward that was running at the cancel ends
+    classifier().reset_batch_stats.remote().result(timeout_s=60)
+    time.sleep(max(2.0, 5 * chunk_s))
+    stats = classifier().batch_stats.remote().result(timeout_s=60)
+    assert stats["batches"] == 0, f"the model still ran the cancelled job's chunks: {stats}"
+    recorded = recorded_chunks(db_path, job["id"])
+    assert len(recorded) == cancelled["progress"]["completed_chunks"]
+    assert max(recorded.values()) <= cancelled["cancelled_at"], "a chunk landed after the cancel"
+
     later = get_job(url, job["id"], page_size=1000)
     assert later["state"] == "cancelled" and later["progress"]["completed_texts"] == done
     assert later["finished_at"] is None
@@ -377,20 +401,135 @@ def test_receiver_never_up_leaves_the_job_succeeded(
     assert_same_results(final["results"], reference[:30])
 
 
+def delivered_event(url: str, job_id: str, receiver: Receiver) -> dict[str, Any]:
+    """The one event the receiver got for the job, verified with the independent
+    implementation, once the job records its delivery."""
+    wait_for(lambda: receiver.requests, 60, f"the webhook of job {job_id}")
+    headers, body = receiver.requests[0]
+    payload = Webhook(SECRET).verify(body, headers)
+
+    def delivered() -> dict[str, Any] | None:
+        [delivery] = get_job(url, job_id)["deliveries"]
+        return delivery if delivery["state"] == "delivered" else None
+
+    delivery = wait_for(delivered, 30, "the delivery to be recorded")
+    assert delivery["event_id"] == headers["webhook-id"]
+    assert len(receiver.requests) == 1
+    return payload
+
+
+# A label whose hypothesis alone is longer than the tiny model's 64-token window: no text fits
+# beside it.
+UNFIT_LABEL = " ".join(["zebra quartz"] * 20)[:200]
+
+
+def test_a_label_that_cannot_fit_the_window_is_refused_at_submission(
+    url: str, tiny_model_dir: Path
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    assert len(tokenizer(f"This example is {UNFIT_LABEL}.")["input_ids"]) > 64
+    answer = httpx.post(
+        f"{url}/v1/jobs", json={"texts": TEXTS[:60], "labels": ["sports", UNFIT_LABEL]}, timeout=60
+    )
+    assert answer.status_code == 422, answer.text
+    assert "does not fit the model's window" in answer.json()["error"]["message"]
+
+
+def fitting_label(tokenizer: Any, low: int, high: int) -> str:
+    """A label whose hypothesis has between low and high tokens."""
+    words = ["zebra"]
+    while len(tokenizer(f"This example is {' '.join(words)}.")["input_ids"]) < low:
+        words.append("quartz" if len(words) % 2 else "zebra")
+    label = " ".join(words)
+    assert len(tokenizer(f"This example is {label}.")["input_ids"]) <= high
+    return label
+
+
+def test_a_failed_job_sends_a_signed_job_failed_event(
+    deploy_app: Callable[..., str], receiver: Receiver, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """An operator shrinks the model's window (max_length) under a running job: the labels it
+    was accepted with no longer fit, every later chunk is refused (not transient), so the job
+    fails, keeps what it finished, and says so in a signed job.failed event."""
+    name = "jobs-window"
+    args = app_args(tmp_path / "window.sqlite3")
+    label = fitting_label(AutoTokenizer.from_pretrained(str(tiny_model_dir)), 30, 50)
+    window_url = deploy_app(name, **args)
+    # From the slow client's address: its bucket paces the job (two chunks a second), so the job
+    # is still running when the app comes back.
+    transport = httpx.HTTPTransport(local_address=SLOW_CLIENT)
+    with httpx.Client(transport=transport, timeout=60) as client:
+        body = {"texts": TEXTS, "labels": ["sports", label], "callback_url": receiver.url}
+        answer = client.post(f"{window_url}/v1/jobs", json=body)
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    wait_for_chunks(window_url, job["id"], 1)
+    serve.delete(name)
+    # The same store, a window of 24 tokens: the label's hypothesis alone no longer fits.
+    assert deploy_app(name, max_length=24, **args) == window_url
+
+    payload = delivered_event(window_url, job["id"], receiver)
+    final = get_job(window_url, job["id"])
+    assert final["state"] == "failed" and final["finished_at"] is not None
+    assert final["error"]["type"] == "classifier_error"
+    assert "does not fit the model's window of 24 tokens" in final["error"]["message"], final
+    assert 0 < final["progress"]["completed_chunks"] < final["progress"]["total_chunks"]
+    assert payload["type"] == "job.failed"
+    assert payload["data"]["id"] == job["id"] and payload["data"]["status"] == "failed"
+    assert payload["data"]["error"] == final["error"]
+    assert payload["data"]["progress"] == final["progress"]
+
+
+def test_a_cancelled_job_sends_a_signed_job_cancelled_event(url: str, receiver: Receiver) -> None:
+    job = submit(url, TEXTS, callback_url=receiver.url)
+    wait_for_chunks(url, job["id"], 1)
+    answer = httpx.post(f"{url}/v1/jobs/{job['id']}/cancel", timeout=30)
+    assert answer.status_code == 200 and answer.json()["state"] == "cancelled", answer.text
+
+    payload = delivered_event(url, job["id"], receiver)
+    final = get_job(url, job["id"])
+    assert final["state"] == "cancelled"
+    assert payload["type"] == "job.cancelled"
+    assert payload["data"]["id"] == job["id"] and payload["data"]["status"] == "cancelled"
+    assert payload["data"]["progress"] == final["progress"]
+    assert 0 < final["progress"]["completed_chunks"] < final["progress"]["total_chunks"]
+
+
 # ---- failures -----------------------------------------------------------------------------
 
 
 def test_job_survives_the_classifier_replica_dying(
-    url: str, reference: list[dict[str, Any]]
+    url: str, db_path: Path, reference: list[dict[str, Any]]
 ) -> None:
     job = submit(url, TEXTS)
     wait_for_chunks(url, job["id"], 3)
-    [replica] = classifier_replicas(APP)
-    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=True)
+    [old] = replica_names(APP, "Classifier")
+    before = recorded_chunks(db_path, job["id"])
+    ray.kill(ray.get_actor(old, namespace=SERVE_NAMESPACE), no_restart=True)
+    killed_at = time.time()  # the store's clock: recorded_at is time.time() in the job runner
+
     final = wait_until_done(url, job["id"], timeout=240)
     assert final["state"] == "succeeded", final["error"]
-    assert replica not in classifier_replicas(APP)  # a new replica finished the job
+    total_chunks = N_TEXTS // CHUNK_TEXTS
+    assert final["progress"]["completed_chunks"] == total_chunks
+    # Every chunk recorded, once: (job, chunk) is the table's key, and those recorded before the
+    # kill were not redone.
+    chunks = recorded_chunks(db_path, job["id"])
+    assert sorted(chunks) == list(range(total_chunks))
+    assert {i: chunks[i] for i in before} == before
     assert_same_results(all_results(url, job["id"]), reference)
+
+    # A new replica served the rest: another replica id, which ran the pairs of the chunks
+    # recorded after the kill (its batch stats start empty; the cache is off), all but the
+    # max_parallel_chunks (2) that the old one may have been finishing as it died.
+    [new] = replica_names(APP, "Classifier")
+    assert new != old
+    stats = classifier().batch_stats.remote().result(timeout_s=60)
+    assert stats["replica"] == new.rsplit("#", 1)[-1] != old.rsplit("#", 1)[-1]
+    after_kill = [i for i, at in chunks.items() if at > killed_at]
+    assert len(after_kill) >= total_chunks - len(before) - 2
+    forwarded = round(stats["batches"] * stats["mean_pairs_per_batch"])
+    assert forwarded >= (len(after_kill) - 2) * CHUNK_TEXTS * len(LABELS), (forwarded, stats)
 
 
 def test_restart_of_the_whole_app_resumes_the_job(
@@ -400,15 +539,7 @@ def test_restart_of_the_whole_app_resumes_the_job(
     wait_for_chunks(url, job["id"], 3)
     serve.delete(APP)
 
-    def recorded() -> dict[int, float]:
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-            return dict(
-                db.execute(
-                    "SELECT chunk_index, recorded_at FROM chunks WHERE job_id = ?", (job["id"],)
-                ).fetchall()
-            )
-
-    before = recorded()
+    before = recorded_chunks(db_path, job["id"])
     total_chunks = N_TEXTS // CHUNK_TEXTS
     assert 3 <= len(before) < total_chunks
 
@@ -416,7 +547,7 @@ def test_restart_of_the_whole_app_resumes_the_job(
     final = wait_until_done(url, job["id"], timeout=240)
     assert final["state"] == "succeeded", final["error"]
     assert final["progress"]["completed_texts"] == N_TEXTS
-    after = recorded()
+    after = recorded_chunks(db_path, job["id"])
     assert sorted(after) == list(range(total_chunks))  # none lost
     assert {i: after[i] for i in before} == before  # recorded chunks were not redone
     assert_same_results(all_results(url, job["id"]), reference)

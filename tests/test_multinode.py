@@ -6,6 +6,8 @@
 Classifier to worker nodes through `ray_actor_options.resources`). The test checks that:
 
 - the Ingress and the Classifier run on different nodes;
+- the JobRunner (the only process that opens the SQLite job store) runs on the head node, pinned
+  there by the `node:__internal_head__` resource `build_app` gives it;
 - the rate limit holds for the whole cluster (one limiter actor every ingress replica consults);
 - when the worker node that holds the Classifier dies, Serve starts the replica on another
   worker node and requests succeed again.
@@ -55,6 +57,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 SERVE = str(Path(sys.executable).with_name("serve"))
 APP = "zsc"
 HEAD_RESOURCE, WORKER_RESOURCE = "zsc_head", "zsc_worker"
+# The resource Ray puts on the head node only; build_app pins the JobRunner with it.
+RAY_HEAD_RESOURCE = "node:__internal_head__"
 RATE, BURST = 4.0, 16.0  # pairs per second, bucket size
 BODY = {"texts": ["the match ended in a draw", "rain all week"], "labels": ["sports", "weather"]}
 COST = 4  # pairs per request: 2 texts x 2 labels
@@ -456,6 +460,32 @@ def test_ingress_and_classifier_run_on_different_nodes(cluster: Cluster, deploye
     assert len(cluster.replicas("Ingress")) == 2
 
     assert _probe(cluster.http_url) == 200
+
+
+def test_the_job_runner_runs_on_the_head_node(cluster: Cluster, deployed) -> None:
+    nodes = {n["node_id"]: n["resources_total"] for n in cluster.alive_nodes()}
+    [head] = [node for node, resources in nodes.items() if RAY_HEAD_RESOURCE in resources]
+    assert HEAD_RESOURCE in nodes[head]  # the node this test started with --head
+    [replica] = cluster.replicas("JobRunner")
+    assert replica["state"] == "RUNNING" and replica["node_id"] == head, (replica, head)
+    # There by the pin, not by chance (the scheduler could as well have put it on the worker):
+    # its actor asks for the head-only resource.
+    actors = cluster._get("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
+    [actor] = [a for a in actors if a["actor_id"] == replica["actor_id"]]
+    assert actor["required_resources"].get(RAY_HEAD_RESOURCE, 0) > 0, actor["required_resources"]
+    # And it serves: a job submitted over HTTP runs to the end (from the probe address, so
+    # the burst test's bucket stays full).
+    transport = httpx.HTTPTransport(local_address=PROBE_CLIENT)
+    with httpx.Client(base_url=cluster.http_url, transport=transport, timeout=60) as client:
+        submitted = client.post("/v1/jobs", json=BODY)
+        assert submitted.status_code == 202, submitted.text
+        path = f"/v1/jobs/{submitted.json()['id']}"
+
+        def ended() -> dict[str, Any] | None:
+            job = client.get(path).json()
+            return job if job["state"] in ("succeeded", "failed", "cancelled") else None
+
+        assert wait_for(ended, 120, "the job to end")["state"] == "succeeded"
 
 
 def test_the_shared_limit_holds_across_the_cluster(cluster: Cluster, deployed) -> None:

@@ -97,6 +97,11 @@ class Classifier:
         )
         return self.engine.finish(scoring, rows)
 
+    async def check(self, request: PreparedRequest) -> None:
+        """Refuse labels that cannot be scored (a hypothesis longer than the window), so a job
+        is refused at submission instead of failing later."""
+        self.engine.check(request)
+
     # The decorator's values are the defaults only: reconfigure() sets the configured ones
     # before the first call.
     @serve.batch(

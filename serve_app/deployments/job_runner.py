@@ -27,6 +27,7 @@ from ray.serve.exceptions import RayServeException
 
 from serve_app.config import JobsConfig
 from serve_app.core.requests import PreparedRequest
+from serve_app.core.results import Classification
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
 from serve_app.jobs.models import Job, JobList, JobWithResults
@@ -47,10 +48,16 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def remote_cause(exc: BaseException) -> BaseException:
+    """What a replica raised, out of Ray's `RayTaskError`: the wrapper's text is the remote
+    traceback, so a failed job's error would show that instead of the problem."""
+    while isinstance(exc, RayTaskError) and exc.cause is not None:
+        exc = exc.cause
+    return exc
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, RayTaskError) and exc.cause is not None:
-        return is_transient(exc.cause)
-    return isinstance(exc, TRANSIENT_ERRORS)
+    return isinstance(remote_cause(exc), TRANSIENT_ERRORS)
 
 
 @serve.deployment(name="JobRunner", num_replicas=1, max_ongoing_requests=256)
@@ -61,10 +68,11 @@ class JobRunner:
         secret = config.webhook.secret or os.environ.get("ZSC_WEBHOOK_SECRET") or None
         self.store = JobStore(config.db_path)
         self.outbox = Outbox(self.store, config.webhook, secret)
+        self.scorer = scorer
         self.scheduler = JobScheduler(
             self.store,
             config,
-            score=scorer.classify,
+            score=self._score,
             is_transient=is_transient,
             # Jobs draw on their submitter's bucket chunk by chunk, waiting for tokens; they
             # never fail on the limit.
@@ -81,6 +89,12 @@ class JobRunner:
             loop.create_task(self.outbox.run(), name="zsc-outbox"),
         ]
         log.info("JobRunner ready: store %s", self.store.path.resolve())
+
+    async def _score(self, request: PreparedRequest) -> Classification:
+        try:
+            return await self.scorer.classify(request)
+        except RayTaskError as exc:
+            raise remote_cause(exc) from None
 
     async def submit(
         self,

@@ -28,6 +28,11 @@ class Scorer:
         result: Classification = await self.classifier.classify.remote(request)
         return result
 
+    async def check(self, request: PreparedRequest) -> None:
+        """Raise the ClientError scoring this request's labels would raise (for jobs, which are
+        validated whole at submission and scored later)."""
+        await self.classifier.check.remote(request)
+
     async def model_info(self) -> dict[str, Any]:
         info: dict[str, Any] = await self.classifier.model_info.remote()
         return info

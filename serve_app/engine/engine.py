@@ -119,6 +119,10 @@ class Engine:
         ]
         return Scoring(request, encoded, self.cache.get_many(keys), keys)
 
+    def check(self, request: PreparedRequest) -> None:
+        """Raise the ClientError scoring would raise for the request's labels and template."""
+        self.tokenizer.check_fit(hypotheses(request.labels, request.hypothesis_template))
+
     def finish(self, scoring: Scoring, computed: Sequence[np.ndarray]) -> Classification:
         """Fill in the computed rows (in `todo` order), cache them, and score each text."""
         known = list(scoring.rows)

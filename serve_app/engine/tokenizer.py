@@ -123,6 +123,14 @@ class PairTokenizer:
             found.update(zip(missing, encoded))
         return [found[h] for h in hyps]
 
+    def check_fit(self, hyps: Sequence[str]) -> None:
+        """Raise the ClientError a pair would raise if a hypothesis leaves the text no room.
+
+        Jobs call this at submission, so the mistake is a 4xx then instead of a failed job."""
+        for hyp, encoding in zip(hyps, self.hypotheses(hyps)):
+            if self.window - len(encoding) - self._specials <= 0:
+                raise hypothesis_too_long(self.window, f"{hyp[:60]!r} alone leaves no room for the text")
+
     def encode(self, texts: Sequence[str], hyp_sets: Sequence[Sequence[str]]) -> EncodedRequest:
         """Pairs of each text with each of its hypotheses (`hyp_sets[i]` for `texts[i]`)."""
         all_hyps = list(dict.fromkeys(h for hyps in hyp_sets for h in hyps))

@@ -15,7 +15,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
 from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.requests import prepare_request, resolve_top_k
@@ -26,30 +34,48 @@ if TYPE_CHECKING:
     from serve_app.http.app import Services
 
 WARNING_HEADER = "X-Zsc-Warning"
-ROUTES = ("/", "/predict")
+# Path -> OpenAPI operation id. `/predict` is the inference toolkit's second route.
+ROUTES = {"/": "hf_zero_shot_classification", "/predict": "hf_zero_shot_classification_predict"}
 
 
 class HFParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    """The task's parameters. Optional ones may also be null (the spec's types are optional),
+    which means their default."""
+
+    model_config = ConfigDict(extra="forbid")
 
     candidate_labels: list[str] | str = Field(
         ...,
         validation_alias=AliasChoices("candidate_labels", "candidateLabels"),
-        description="Candidate labels, as a list or a comma-separated string.",
+        description="Candidate labels, as a list or a comma-separated string (also accepted "
+        "as candidateLabels, the inference toolkit's spelling).",
     )
-    multi_label: StrictBool = Field(
-        False,
+    multi_label: StrictBool | None = Field(
+        None,
         validation_alias=AliasChoices("multi_label", "multiLabel"),
-        description="Score each label independently instead of across labels.",
+        description="Score each label independently instead of across labels (default false).",
     )
-    hypothesis_template: str = Field(
-        DEFAULT_TEMPLATE,
+    hypothesis_template: str | None = Field(
+        None,
         validation_alias=AliasChoices("hypothesis_template", "hypothesisTemplate"),
-        description="NLI hypothesis with exactly one {} for the label.",
+        description=f"NLI hypothesis with exactly one {{}} for the label "
+        f"(default {DEFAULT_TEMPLATE!r}).",
     )
     prefilter_top_k: StrictInt | None = Field(
         None, description="As in /v1/classify: with a prefilter, score only the top k labels."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling_each(cls, data: Any) -> Any:
+        # Without this, the second spelling would be refused as an unknown field.
+        if isinstance(data, dict):
+            for field in cls.model_fields.values():
+                if isinstance(field.validation_alias, AliasChoices):
+                    given = [name for name in field.validation_alias.choices if name in data]
+                    if len(given) > 1:
+                        raise ValueError(f"give one of {' or '.join(map(str, given))}, not both")
+        return data
 
 
 class HFRequest(BaseModel):
@@ -74,16 +100,31 @@ class HFRequest(BaseModel):
 
 
 class LabelScore(BaseModel):
-    label: str
-    score: float
+    label: str = Field(description="A candidate label.")
+    score: float = Field(description="Its probability, exactly as /v1/classify scores it.")
 
 
 def hf_body(classification: Classification, one_input: bool) -> list[Any]:
+    """Each text's labels and scores, highest first (the engine's order), as the spec pairs them."""
     per_text = [
         [{"label": label, "score": score} for label, score in zip(r.labels, r.scores)]
         for r in classification.results
     ]
     return per_text[0] if one_input else per_text
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+OK_RESPONSE = {
+    "description": "For one input, its labels sorted by score; for a list, one list per input.",
+    "headers": {
+        WARNING_HEADER: _header("Set when the served model is a random test model."),
+        "RateLimit-Policy": _header("With a rate limit: the caller's policy (IETF draft)."),
+        "RateLimit": _header("With a rate limit: what is left of the caller's quota."),
+    },
+}
 
 
 def hf_router(svc: Services) -> APIRouter:
@@ -92,11 +133,12 @@ def hf_router(svc: Services) -> APIRouter:
 
     async def predict(body: HFRequest, request: Request, response: Response) -> Any:
         params = body.parameters
+        template = params.hypothesis_template
         prepared = prepare_request(
             body.inputs,
             params.candidate_labels,
-            params.hypothesis_template,
-            params.multi_label,
+            DEFAULT_TEMPLATE if template is None else template,
+            bool(params.multi_label),
             config.limits,
             resolve_top_k(params.prefilter_top_k, config.prefilter_top_k),
         )
@@ -106,16 +148,19 @@ def hf_router(svc: Services) -> APIRouter:
             response.headers[WARNING_HEADER] = classification.warning
         return hf_body(classification, isinstance(body.inputs, str))
 
-    for path in ROUTES:
+    for path, operation_id in ROUTES.items():
         router.add_api_route(
             path,
             predict,
             methods=["POST"],
             response_model=list[LabelScore] | list[list[LabelScore]],
+            responses={200: OK_RESPONSE},
             summary="Zero-shot classification in the Hugging Face Inference API shape",
             description="What `huggingface_hub.InferenceClient(base_url=...)."
-            "zero_shot_classification` posts: for one input, a list of {label, score} sorted by "
-            "score; for a list of inputs, one such list per input. Scores equal /v1/classify's.",
-            operation_id=f"hf_zero_shot{path.replace('/', '_')}",
+            "zero_shot_classification` posts (and the inference toolkit's payload, "
+            "`candidateLabels` included): for one input, a list of {label, score} sorted by "
+            "score; for a list of inputs, one such list per input. Scores equal /v1/classify's; "
+            "errors are its `{\"error\": {\"type\", \"message\"}}` with the same statuses.",
+            operation_id=operation_id,
         )
     return router

@@ -64,6 +64,8 @@ def jobs_router(svc: Services) -> APIRouter:
             config.limits,
             resolve_top_k(body.prefilter_top_k, config.prefilter_top_k),
         )
+        # Every label must fit the model's window now: a job runs later, and must not fail then.
+        await svc.scorer.check(prepared)
         if body.callback_url is not None:
             # Resolving the host is blocking DNS: keep it off the event loop.
             await run_in_threadpool(
