@@ -8,6 +8,7 @@ own configuration deploy another application under its own name and route prefix
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,26 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+# API keys in the environment: Ray workers inherit this process's environment, so an app with
+# `auth.api_keys_env: ZSC_TEST_API_KEYS` reads them as a pod reads ZSC_API_KEYS (test_auth).
+# Random per session; no other app reads this variable.
+ENV_KEYS_VAR = "ZSC_TEST_API_KEYS"
+ENV_KEYS = {"erin": "erin-" + secrets.token_hex(12)}
+os.environ[ENV_KEYS_VAR] = ",".join(f"{name}:{key}" for name, key in ENV_KEYS.items())
+
+# Ray's CPUs are a placement budget here, not cores. A replica's threads follow its own
+# reservation (serve_app/engine/threads.py: OMP_NUM_THREADS, which Ray sets to the floor of the
+# replica's num_cpus, at least 1; `num_cpus: auto` is capped by the affinity mask), so a 0.5-CPU
+# Classifier runs one thread whatever the total says, and Ray starts workers at most as many
+# at a time as there are real cores.
+# What the total decides is what may be placed at once: `zsc` all session (0.6) beside a
+# module's own apps (test_page, test_hf, test_onnx: 1.2 more), a redeploy's old and new
+# replicas (test_graceful), up to 3 autoscaled ones. That peak (~1.8) leaves no room on a 2-core
+# machine and does not fit on 1 core, and a replica Ray cannot place never fails: it waits,
+# PENDING, until the test times out. 8 places everything on any machine; ZSC_TEST_CPUS=N
+# overrides it.
+TEST_RAY_CPUS = 8
 
 from serve_app.devtools.test_models import build_test_model  # noqa: E402
 
@@ -42,7 +63,7 @@ def serve_instance() -> Iterator[str]:
     # address="local": always a fresh instance, never a cluster some `ray start` left running.
     ray.init(
         address="local",
-        num_cpus=int(os.environ.get("ZSC_TEST_CPUS", "16")),
+        num_cpus=int(os.environ.get("ZSC_TEST_CPUS", TEST_RAY_CPUS)),
         include_dashboard=False,
         log_to_driver=os.environ.get("ZSC_TEST_RAY_LOGS") == "1",
         namespace="zsc-tests",
@@ -101,17 +122,13 @@ def _delete_module_apps() -> Iterator[None]:
 
 
 def delete_app(name: str) -> None:
-    """Delete an app and its rate-limiter actor, which is detached and would outlive it."""
-    import ray
+    """Delete an app and its rate-limiter shards, which are detached and would outlive it."""
     from ray import serve
 
-    from serve_app.deployments.limiter import ACTOR_NAMESPACE, actor_name
+    from serve_app.deployments.limiter import remove_limiters
 
     serve.delete(name)
-    try:
-        ray.kill(ray.get_actor(actor_name(name), namespace=ACTOR_NAMESPACE))
-    except ValueError:  # the app never ran with a rate limit
-        pass
+    remove_limiters(name)  # none if the app never ran with a rate limit
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,15 @@
-"""API keys without Ray: configuration, lookup, and the middleware on a small FastAPI app."""
+"""API keys: their configuration and lookup (no Ray), then the real app as deployed, over
+HTTP, with keys from both `auth.api_key_hashes` and the environment (`auth.api_keys_env`)."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from serve_app.http.middleware.auth import SCHEME_NAME, ApiKeys, AuthConfigError, hash_key, install_auth
+from conftest import ENV_KEYS, ENV_KEYS_VAR
 from serve_app.config import AuthConfig
+from serve_app.http.middleware.auth import SCHEME_NAME, ApiKeys, AuthConfigError, hash_key
 
 ALICE_KEY = "alice-key-0f3c9a"
 BOB_KEY = "bob-key-77e1d2"
@@ -51,62 +52,6 @@ def test_bad_environment_entries_are_refused_without_echoing_keys(value: str) ->
     assert BOB_KEY not in str(info.value)
 
 
-@pytest.fixture(scope="module")
-def client() -> TestClient:
-    app = FastAPI()
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.post("/v1/echo")
-    async def echo(request: Request) -> dict[str, str | None]:
-        return {"key_name": getattr(request.state, "api_key_name", None)}
-
-    install_auth(app, keys({"ZSC_API_KEYS": f"bob:{BOB_KEY}"}))
-    # root_path as Serve sets it for an app under a route prefix.
-    return TestClient(app, root_path="/myapp")
-
-
-def test_v1_needs_a_valid_key_and_names_it(client: TestClient) -> None:
-    missing = client.post("/myapp/v1/echo")
-    assert missing.status_code == 401
-    assert missing.headers["www-authenticate"] == 'Bearer realm="zsc"'
-    assert missing.json()["error"]["type"] == "unauthorized"
-
-    wrong = client.post("/myapp/v1/echo", headers={"Authorization": "Bearer not-a-key"})
-    assert wrong.status_code == 401
-    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
-    assert "not-a-key" not in wrong.text
-
-    basic = client.post("/myapp/v1/echo", headers={"Authorization": f"Basic {BOB_KEY}"})
-    assert basic.status_code == 401
-
-    ok = client.post("/myapp/v1/echo", headers={"Authorization": f"bearer {BOB_KEY}"})
-    assert ok.status_code == 200 and ok.json() == {"key_name": "bob"}
-
-
-def test_unknown_v1_paths_are_401_not_404_without_a_key(client: TestClient) -> None:
-    assert client.get("/myapp/v1/nothing-here").status_code == 401
-    assert client.get("/myapp/v1").status_code == 401
-    assert client.get("/myapp/v10").status_code == 404  # not under /v1
-
-
-def test_health_and_docs_stay_open_and_declare_the_scheme(client: TestClient) -> None:
-    assert client.get("/myapp/healthz").status_code == 200
-    assert client.get("/myapp/docs").status_code == 200
-    spec = client.get("/myapp/openapi.json").json()
-    assert spec["components"]["securitySchemes"][SCHEME_NAME] == {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "An API key: 'Authorization: Bearer <key>'.",
-    }
-    assert spec["paths"]["/v1/echo"]["post"]["security"] == [{SCHEME_NAME: []}]
-    assert "401" in spec["paths"]["/v1/echo"]["post"]["responses"]
-    assert "security" not in spec["paths"]["/healthz"]["get"]
-    assert client.get("/myapp/openapi.json").json() == spec  # built once, stays the same
-
-
 def test_zsc_hash_key_prints_only_the_configured_form() -> None:
     from typer.testing import CliRunner
 
@@ -116,3 +61,121 @@ def test_zsc_hash_key_prints_only_the_configured_form() -> None:
     assert piped.exit_code == 0 and piped.stdout == hash_key("abc") + "\n"
     assert CliRunner().invoke(app, ["hash-key", "abc"]).stdout == hash_key("abc") + "\n"
     AuthConfig(api_key_hashes={"x": piped.stdout.strip()})
+
+
+# ---- the real app, over HTTP -----------------------------------------------------------------
+# Keys come from both sources at once: alice's digest from `auth.api_key_hashes`, and the plain
+# keys conftest put in the environment every Ray worker inherits (ENV_KEYS_VAR), named by
+# `auth.api_keys_env` as a pod names ZSC_API_KEYS, and hashed by the ingress replica at start.
+
+CLASSIFY = {"text": "The striker scored twice.", "labels": ["sports", "cooking"]}
+HF_BODY = {"inputs": "The striker scored twice.", "parameters": {"candidate_labels": ["a", "b"]}}
+(ENV_NAME, ENV_KEY), *_ = ENV_KEYS.items()
+
+
+def bearer(key: str, scheme: str = "Bearer") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {key}"}
+
+
+@pytest.fixture(scope="module")
+def url(deploy_app) -> str:
+    return deploy_app(
+        "authkeys",
+        auth={"api_key_hashes": {"alice": hash_key(ALICE_KEY)}, "api_keys_env": ENV_KEYS_VAR},
+    )
+
+
+@pytest.mark.ray
+def test_keys_from_hashes_and_from_the_environment_are_both_served(url: str) -> None:
+    for key, scheme in ((ALICE_KEY, "Bearer"), (ENV_KEY, "bearer")):  # the scheme is caseless
+        response = httpx.post(
+            f"{url}/v1/classify", json=CLASSIFY, headers=bearer(key, scheme), timeout=60
+        )
+        assert response.status_code == 200, response.text
+        assert sorted(response.json()["results"][0]["labels"]) == ["cooking", "sports"]
+
+
+@pytest.mark.ray
+def test_v1_needs_a_valid_bearer_key(url: str) -> None:
+    missing = httpx.post(f"{url}/v1/classify", json=CLASSIFY, timeout=30)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="zsc"'
+    assert missing.json()["error"]["type"] == "unauthorized"
+
+    wrong = httpx.post(f"{url}/v1/classify", json=CLASSIFY, headers=bearer("not-a-key"), timeout=30)
+    assert wrong.status_code == 401
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="zsc", error="invalid_token"'
+    assert "not-a-key" not in wrong.text
+
+    # A valid key under another scheme, or a key's name instead of the key: no.
+    for headers in (bearer(ALICE_KEY, "Basic"), bearer("alice"), bearer(ENV_NAME)):
+        refused = httpx.post(f"{url}/v1/classify", json=CLASSIFY, headers=headers, timeout=30)
+        assert refused.status_code == 401, headers
+
+
+@pytest.mark.ray
+def test_the_key_is_checked_before_the_body_is_read(url: str) -> None:
+    broken = {"content": b'{"text": ', "headers": {"Content-Type": "application/json"}}
+    assert httpx.post(f"{url}/v1/classify", timeout=30, **broken).status_code == 401
+    with_key = httpx.post(
+        f"{url}/v1/classify",
+        content=broken["content"],
+        headers={**broken["headers"], **bearer(ALICE_KEY)},
+        timeout=30,
+    )
+    assert with_key.status_code == 400 and with_key.json()["error"]["type"] == "invalid_json"
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/model"), ("GET", "/v1/jobs"), ("GET", "/v1/nothing-here"), ("GET", "/v1"),
+     ("POST", "/"), ("POST", "/predict")],
+)
+def test_protected_routes_under_the_prefix_are_401_without_a_key(
+    url: str, method: str, path: str
+) -> None:
+    body = HF_BODY if method == "POST" else None
+    response = httpx.request(method, url + path, json=body, timeout=30)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["type"] == "unauthorized"
+
+
+@pytest.mark.ray
+def test_health_page_and_docs_stay_open_and_declare_the_scheme(url: str) -> None:
+    assert httpx.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
+    assert httpx.get(f"{url}/", timeout=30).status_code == 200  # the page asks for a key
+    assert httpx.get(f"{url}/docs", timeout=30).status_code == 200
+    assert httpx.get(f"{url}/v10", timeout=30).status_code == 404  # not under /v1
+    spec = httpx.get(f"{url}/openapi.json", timeout=30).json()
+    assert spec["components"]["securitySchemes"][SCHEME_NAME] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: 'Authorization: Bearer <key>'.",
+    }
+    protected = [("/v1/classify", "post"), ("/v1/model", "get"), ("/v1/jobs", "post"),
+                 ("/", "post"), ("/predict", "post")]
+    for path, method in protected:
+        operation = spec["paths"][path][method]
+        assert operation["security"] == [{SCHEME_NAME: []}], (path, method)
+        assert "401" in operation["responses"], (path, method)
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+    assert httpx.get(f"{url}/openapi.json", timeout=30).json() == spec  # built once, stays
+
+
+@pytest.mark.ray
+def test_the_key_name_owns_the_job(url: str) -> None:
+    """The name of the key (here one read from the environment) reaches the routes: jobs are
+    its own, and another key's caller cannot see them."""
+    submitted = httpx.post(
+        f"{url}/v1/jobs", json={"texts": ["one", "two"], "labels": ["a", "b"]},
+        headers=bearer(ENV_KEY), timeout=60,
+    )
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    mine = httpx.get(f"{url}/v1/jobs/{job_id}", headers=bearer(ENV_KEY), timeout=30)
+    assert mine.status_code == 200, mine.text
+    theirs = httpx.get(f"{url}/v1/jobs/{job_id}", headers=bearer(ALICE_KEY), timeout=30)
+    assert theirs.status_code == 404, theirs.text
+    listed = httpx.get(f"{url}/v1/jobs", headers=bearer(ALICE_KEY), timeout=30).json()
+    assert job_id not in [job["id"] for job in listed["data"]]

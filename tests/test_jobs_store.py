@@ -80,8 +80,12 @@ def test_a_chunk_is_recorded_exactly_once(store: JobStore) -> None:
     job, _ = store.create_job(request, chunk_texts=4)
     store.start_job(job.id)
     assert store.record_chunk(job.id, 1, chunk_results(request, 4, 1))
-    assert not store.record_chunk(job.id, 1, chunk_results(request, 4, 1))
-    assert store.get_job(job.id, None).progress.completed_chunks == 1
+    # A second run of the chunk (a retry after a lost answer) changes neither count nor results.
+    rerun = [{**r, "scores": [0.5, 0.5]} for r in chunk_results(request, 4, 1)]
+    assert not store.record_chunk(job.id, 1, rerun)
+    progress = store.get_job(job.id, None).progress
+    assert (progress.completed_chunks, progress.completed_texts) == (1, 4)
+    assert store.results_page(job.id, 1, 8)[4:] == chunk_results(request, 4, 1)
     # A restarted runner is told only what is left.
     assert store.start_job(job.id).missing_chunks == [0]
     with pytest.raises(ValueError):
@@ -133,7 +137,8 @@ def test_failed_job_keeps_its_error(store: JobStore) -> None:
     store.start_job(job.id)
     failed = store.finish_job(job.id, "failed", {"type": "internal", "message": "boom"})
     assert failed.state == "failed"
-    assert failed.error is not None and failed.error.model_dump() == {"type": "internal", "message": "boom"}
+    assert failed.error is not None
+    assert failed.error.model_dump() == {"type": "internal", "message": "boom"}
 
 
 def test_cancel_a_queued_job(store: JobStore) -> None:
@@ -205,6 +210,29 @@ def test_outbox_event_is_queued_with_the_terminal_state(store: JobStore) -> None
     assert delivery.event_type == "job.succeeded" and delivery.state == "pending"
     assert delivery.next_attempt_at == 100.0 and delivery.attempts == []
     assert store.next_delivery_at() == 100.0
+
+
+def test_an_ended_job_always_has_its_event(store: JobStore) -> None:
+    """The terminal state and its outbox row commit together: if the event cannot be built,
+    the job has not ended either (and a retry can end it with its event)."""
+    request = make_request(2)
+    job, _ = store.create_job(request, chunk_texts=2, callback_url="http://127.0.0.1:9/hook")
+    run_all(store, job.id, request, 2)
+
+    def broken(_: Any) -> OutboxEvent:
+        raise RuntimeError("no event")
+
+    with pytest.raises(RuntimeError):
+        store.finish_job(job.id, "succeeded", event=broken)
+    view = store.get_job(job.id, None)
+    assert view.state == "running" and view.finished_at is None and view.deliveries == []
+    with pytest.raises(RuntimeError):
+        store.cancel_job(job.id, None, event=broken)
+    assert store.get_job(job.id, None).state == "running"
+
+    done = store.finish_job(job.id, "succeeded", event=event_at(5.0))
+    assert done.state == "succeeded"
+    assert [d.event_type for d in done.deliveries] == ["job.succeeded"]
 
 
 def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:

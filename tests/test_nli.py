@@ -63,7 +63,11 @@ def test_huge_logits_do_not_overflow() -> None:
     idx = NLILabelIndices(entailment=1, contradiction=0)
     logits = np.array([[0.0, 1000.0, 0.0], [0.0, 999.0, 0.0]], dtype=np.float32)
     scores = nli.label_scores(logits, idx, multi_label=False)
-    assert np.isfinite(scores).all() and abs(scores.sum() - 1.0) < 1e-6
+    # Only the difference counts: the same scores as logits 1 and 0 (finite is not enough).
+    expected = [1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(1.0))]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    multi = nli.label_scores(np.array([[-1000.0, 1000.0, 0.0]], dtype=np.float32), idx, True)
+    np.testing.assert_allclose(multi, [1.0], rtol=1e-6)
 
 
 def test_results_are_sorted_by_score_and_grouped_per_text() -> None:
@@ -78,6 +82,15 @@ def test_results_are_sorted_by_score_and_grouped_per_text() -> None:
     for r in results:
         assert r.scores == sorted(r.scores, reverse=True)
         assert abs(sum(r.scores) - 1.0) < 1e-6
+
+
+def test_equal_scores_keep_the_pipeline_tie_order() -> None:
+    # The pipeline ranks with list(reversed(scores.argsort())): equal scores come out in reverse
+    # label order. Parity with it on ties means the same order, not just the same scores.
+    idx = NLILabelIndices(entailment=1, contradiction=0)
+    logits = np.array([[0, 2, 0], [0, 5, 0], [0, 2, 0], [0, 2, 0]], dtype=np.float32)
+    [result] = nli.classify_from_logits(["t"], ["a", "b", "c", "d"], logits, idx, False)
+    assert result.labels == ["b", "d", "c", "a"]
 
 
 def test_wrong_logit_count_is_an_error() -> None:

@@ -6,13 +6,14 @@ a browser, and a missing Chromium fails these tests rather than skipping them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
 
@@ -104,7 +105,9 @@ def test_bars_follow_the_scores(page: Page, zsc_url: str) -> None:
     [("", "This example is {}."), ("urgent, not urgent", "No slot for the label.")],
     ids=["empty_labels", "template_without_braces"],
 )
-def test_errors_show_the_service_message(page: Page, zsc_url: str, labels: str, template: str) -> None:
+def test_errors_show_the_service_message(
+    page: Page, zsc_url: str, labels: str, template: str
+) -> None:
     answer = httpx.post(
         f"{zsc_url}/v1/classify",
         json={"texts": TEXTS[:1], "labels": labels, "hypothesis_template": template},
@@ -119,37 +122,45 @@ def test_errors_show_the_service_message(page: Page, zsc_url: str, labels: str, 
     expect(page.locator("article.result")).to_have_count(0)
 
 
-def test_relative_urls_under_a_prefix_and_429(page: Page, zsc_url: str) -> None:
-    """Serve the page under /mounted/: every call must go below it; a 429 says when to retry."""
-    html = httpx.get(f"{zsc_url}/", timeout=30).text
-    model = httpx.get(f"{zsc_url}/v1/model", timeout=30).json()["model"]
+# One text x 3 labels = 3 pairs: exactly the bucket, which then takes 30 s to refill.
+LIMITED = {"enabled": True, "default": {"rate": 0.1, "burst": 3}, "timeout_s": 10.0}
+THREE_LABELS = "technology, sports, politics"
+
+
+def test_under_a_prefix_every_call_stays_below_it_and_a_429_says_when_to_retry(
+    page: Page, deploy_app
+) -> None:
+    """A real app under a real prefix with a real rate limit: the page finds its API below the
+    prefix, and the limiter's 429 shows its message and a countdown to when a retry passes."""
+    url = deploy_app("page-prefixed", rate_limit=LIMITED)
+    assert url.endswith("/page-prefixed")
+    model = httpx.get(f"{url}/v1/model", timeout=30).json()["model"]
+    origin = url.removesuffix("/page-prefixed")
     seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url.removeprefix(origin)))
 
-    def handle(route: Route) -> None:
-        path = route.request.url.removeprefix(zsc_url)
-        seen.append(path)
-        if path == "/mounted/":
-            route.fulfill(status=200, content_type="text/html", body=html)
-        elif path == "/mounted/v1/classify":
-            route.fulfill(
-                status=429,
-                headers={"Retry-After": "7"},
-                content_type="application/json",
-                body='{"error": {"type": "rate_limited", "message": "over 10 pairs per second"}}',
-            )
-        else:  # the app itself answers everything else, as it would under a real prefix
-            route.fulfill(response=route.fetch(url=zsc_url + path.removeprefix("/mounted")))
-
-    page.route(f"{zsc_url}/**", handle)
-    page.goto(f"{zsc_url}/mounted/")
+    page.goto(url)  # no trailing slash, as a user types it
     expect(page.locator("#model-name")).to_have_text(model)
-    fill_form(page, TEXTS[:1], LABELS)
+    fill_form(page, TEXTS[:1], THREE_LABELS)
+    expect(page.locator("article.result")).to_have_count(1)
+    expect(page.locator("#error")).to_be_hidden()
+
+    with page.expect_response(lambda r: r.url.endswith("/v1/classify")) as refused:
+        page.click("#submit")
+    answer = refused.value
+    assert answer.status == 429, answer.text()
+    retry_after = int(answer.headers["retry-after"])
+    message = answer.json()["error"]["message"]
     error = page.locator("#error")
-    expect(error).to_contain_text("retry in 7 seconds")
-    expect(error).to_contain_text("over 10 pairs per second")
+    expect(error).to_contain_text(message)
+    expect(error).to_contain_text(re.compile(r"You can retry in \d+ seconds?\."))
+    # A countdown from Retry-After: the number shown never exceeds it.
+    countdown = re.search(r"retry in (\d+) second", error.inner_text())
+    assert countdown is not None and 0 < int(countdown.group(1)) <= retry_after, retry_after
     expect(page.locator("#submit")).to_be_disabled()
-    assert "/mounted/v1/model" in seen and "/mounted/v1/classify" in seen
-    assert all(path.startswith("/mounted/") for path in seen), seen
+
+    assert {"/page-prefixed/v1/model", "/page-prefixed/v1/classify"} <= set(seen), seen
+    assert all(path.startswith("/page-prefixed") for path in seen), seen
 
 
 PAGE_KEY = "page-test-key-0123456789"

@@ -1,5 +1,6 @@
 """Soak: ten minutes at about 80% of measured capacity, through the whole request path (API
-keys, the shared rate limiter, Ingress, Classifier), with no errors and flat memory.
+keys, the shared rate limiter, Ingress, Classifier), with no errors, the offered rate answered,
+and flat memory.
 
 Kept out of `make test` (marked slow); `make soak` runs it. `ZSC_SOAK_S` shortens or lengthens
 the run. Capacity is measured first, in the same session, with closed-loop clients; the soak
@@ -40,6 +41,12 @@ BODY = {
 }
 # Growth of a process's RSS from the end of warm-up to the end that fails the soak.
 MAX_GROWTH_MB = 64.0
+# The soak promises the service sustains 80% of its measured capacity: answered requests per
+# second over the whole run must reach this share of the offered rate. Clients are paced and
+# catch up after a slow spell (a late client sends at once), so a service that keeps up answers
+# nearly all of them (share ~1.0) even on a noisy shared machine; only one that falls behind
+# for minutes (a leak that slows it, a stalled batch loop, a limiter that queues) drops below.
+MIN_ACHIEVED_SHARE = 0.75
 
 
 def sample_rss() -> dict[str, float]:
@@ -91,7 +98,8 @@ def test_soak_at_80_percent_of_capacity(deploy_app) -> None:
     outcomes = load.outcomes
     statuses = Counter((o.status, o.error) for o in outcomes)
     latencies = sorted(o.latency_s for o in outcomes)
-    achieved = len(outcomes) / SOAK_S
+    answered = sum(1 for o in outcomes if o.status == 200)
+    achieved = answered / SOAK_S
     growth = rss_growth(samples)
     print(
         f"\nsoak: capacity {capacity:.1f} req/s (closed loop, {CLIENTS} clients); offered "
@@ -107,6 +115,9 @@ def test_soak_at_80_percent_of_capacity(deploy_app) -> None:
         )
 
     assert statuses == Counter({(200, None): len(outcomes)}), statuses
+    assert achieved >= MIN_ACHIEVED_SHARE * offered, (
+        f"achieved {achieved:.1f} req/s of the {offered:.1f} offered"
+    )
     for process, (first, last, _) in growth.items():
         assert last - first < MAX_GROWTH_MB, f"{process} grew {last - first:.1f} MB"
 
