@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import pickle
 import random
+import subprocess
+import sys
+from typing import Any
 
 import pytest
 
 from serve_app.config import RateLimitConfig
 from serve_app.core.errors import RateLimited
-from serve_app.core.ratelimit import RateLimiter, sf_number, sf_string
+from serve_app.core.ratelimit import Decision, RateLimiter, sf_number, sf_string, shard_of
 
 
 class FakeClock:
@@ -25,7 +30,7 @@ class FakeClock:
 
 
 def limiter(
-    rate: float, burst: float, overrides: dict | None = None, **kw
+    rate: float, burst: float, overrides: dict[str, Any] | None = None, **kw: Any
 ) -> tuple[RateLimiter, FakeClock]:
     clock = FakeClock()
     config = RateLimitConfig(
@@ -189,10 +194,15 @@ def test_configure_keeps_earned_tokens_up_to_the_new_burst() -> None:
     rl, clock = limiter(rate=10, burst=100)
     rl.try_acquire("a", 40)  # 60 left
     rl.configure(RateLimitConfig(enabled=True, default={"rate": 1, "burst": 50}))
-    decision = rl.try_acquire("a", 50)
+    decision = rl.try_acquire("a", 50)  # 60 earned, capped to the new burst: 50
     assert decision.allowed and decision.quota == 50
     clock.advance(2)
     assert rl.try_acquire("a", 2).allowed and not rl.try_acquire("a", 0.5).allowed
+    # Earned tokens below the new burst are kept, not topped up to it: 80 used leaves 20.
+    rl, clock = limiter(rate=10, burst=100)
+    rl.try_acquire("b", 80)
+    rl.configure(RateLimitConfig(enabled=True, default={"rate": 1, "burst": 50}))
+    assert not rl.try_acquire("b", 21).allowed and rl.try_acquire("b", 20).allowed
 
 
 def test_a_clock_that_steps_back_does_not_drain_the_bucket() -> None:
@@ -213,3 +223,64 @@ def test_rate_limited_error_pickles_with_its_headers() -> None:
     error = pickle.loads(pickle.dumps(RateLimited("slow down", {"Retry-After": "3"})))
     assert error.status_code == 429 and error.type == "rate_limited"
     assert error.headers == {"Retry-After": "3"} and str(error) == "slow down"
+
+
+def test_a_batch_gets_the_decisions_sequential_calls_give_in_order() -> None:
+    """Mixed keys, costs (fractional, a whole burst, above the burst) and an override, batch after
+    batch as the clock moves: try_acquire_many against try_acquire one by one on a twin."""
+    rng = random.Random(16)
+    overrides = {"gold": {"rate": 50, "burst": 40}}
+    batched, clock = limiter(rate=5, burst=12, overrides=overrides, sweep_interval_s=3)
+    twin = RateLimitConfig(enabled=True, default={"rate": 5, "burst": 12}, overrides=overrides)
+    sequential = RateLimiter(twin, clock=clock, sweep_interval_s=3)
+    keys = ["a", "b", "c", "gold", "10.0.0.1"]
+    allowed = refused = 0
+    for _ in range(300):
+        batch = [
+            (rng.choice(keys), rng.choice([0.5, 1.0, 2.5, 4.0, 12.0, 13.0, rng.uniform(0.1, 9)]))
+            for _ in range(rng.randint(1, 40))
+        ]
+        expected: list[Decision] = [sequential.try_acquire(key, cost) for key, cost in batch]
+        assert batched.try_acquire_many(batch) == expected
+        assert len(batched) == len(sequential)
+        allowed += sum(d.allowed for d in expected)
+        refused += sum(not d.allowed for d in expected)
+        clock.advance(rng.choice([0.0, 0.0, 0.01, 0.3, 1.0, 4.0]))
+    assert allowed > 500 and refused > 500  # both kinds of answer were compared, many times
+
+
+def test_a_batch_decides_a_key_twice_in_arrival_order() -> None:
+    rl, _ = limiter(rate=1, burst=10)
+    decisions = rl.try_acquire_many([("a", 6), ("b", 10), ("a", 6), ("a", 4), ("b", 1)])
+    assert [d.allowed for d in decisions] == [True, True, False, True, False]
+    assert [d.remaining for d in decisions] == [4, 0, 4, 0, 0]
+
+
+def test_a_batch_with_a_malformed_cost_takes_no_tokens() -> None:
+    rl, _ = limiter(rate=1, burst=10)
+    with pytest.raises(ValueError):
+        rl.try_acquire_many([("a", 10), ("b", 10), ("c", math.nan)])
+    assert len(rl) == 0
+    assert rl.try_acquire_many([("a", 10), ("b", 10)])[1].allowed
+
+
+def test_a_key_lands_in_the_same_shard_in_every_process() -> None:
+    """Python salts str hashes per process; two ingress replicas must still agree."""
+    keys = [f"client-{i}" for i in range(200)] + ["127.0.0.1", "alice", "clé", ""]
+    here = [shard_of(key, 3) for key in keys]
+    program = (
+        "import json, sys; from serve_app.core.ratelimit import shard_of; "
+        "print(json.dumps([shard_of(k, 3) for k in json.loads(sys.stdin.read())]))"
+    )
+    for seed in ("1", "2"):
+        child = subprocess.run(
+            [sys.executable, "-c", program],
+            input=json.dumps(keys),
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        )
+        assert json.loads(child.stdout) == here
+    assert set(here) == {0, 1, 2}  # and it spreads
+    assert all(shard_of(key, 1) == 0 for key in keys)

@@ -1,9 +1,10 @@
-"""The shared rate limit over real HTTP: two ingress replicas, one limiter actor.
+"""The shared rate limit over real HTTP: two ingress replicas, one limiter actor or three shards.
 
-Each scenario sends from its own loopback address (127.0.0.x), so each has its own bucket: the
-client key is the address when auth is off. Clients poll every ~0.1 s after a 429 instead of
-honouring Retry-After: these tests measure how exactly the limiter hands out tokens, not how
-polite a client is.
+Each scenario sends from its own loopback addresses (127.0.0.x), so each has its own buckets: the
+client key is the address when auth is off (and the API key's name when it is on). Clients poll
+every ~0.1 s after a 429 instead of honouring Retry-After: these tests measure how exactly the
+limiter hands out tokens, not how polite a client is. No bound here is a stopwatch: each is what
+the token arithmetic allows over the time the test itself observed.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ import ray
 
 from live import wait_for
 from serve_app.config import RateLimitConfig
-from serve_app.core.errors import ServiceUnavailable
-from serve_app.deployments.limiter import ACTOR_NAMESPACE, RateLimitClient, actor_name
+from serve_app.core.errors import RateLimited, ServiceUnavailable
+from serve_app.core.keys import hash_key
+from serve_app.core.ratelimit import shard_of
+from serve_app.deployments.limiter import (
+    ACTOR_NAMESPACE,
+    RateLimitClient,
+    actor_name,
+    remove_limiters,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -37,6 +45,7 @@ COST = len(TEXTS) * len(LABELS)  # 8 pairs per request: 5 admitted requests per 
 CLIENTS = 16
 POLL_S = 0.1
 SLOW = "127.0.0.3"  # has an override: 4 pairs/s, burst 16
+SHARDS = 3  # the sharded app's, "rl3" (fail_mode closed)
 CLOSED_APP, JOBS_APP = "closed-client-test", "jobs-wait-test"  # limiters used without an app
 
 RATE_LIMIT_HEADER = re.compile(r'^"default";r=\d+;t=\d+$')
@@ -44,6 +53,7 @@ RATE_LIMIT_HEADER = re.compile(r'^"default";r=\d+;t=\d+$')
 
 @dataclass
 class Answer:
+    address: str
     sent: float
     received: float
     status: int
@@ -55,6 +65,9 @@ class Answer:
 class Load:
     start: float
     answers: list[Answer] = field(default_factory=list)
+
+    def of(self, address: str) -> Load:
+        return Load(self.start, [a for a in self.answers if a.address == address])
 
     def admitted(self, since: float = 0.0) -> float:
         return COST * sum(a.status == 200 for a in self.answers if a.sent >= since)
@@ -70,32 +83,54 @@ class Load:
         return f"statuses={dict(statuses)} admitted_unlimited={unlimited} slowest={slowest:.2f}s"
 
 
+def addresses_on_distinct_shards(count: int, first: int, avoid_shard_0: bool = False) -> list[str]:
+    """Loopback addresses from 127.0.0.<first> on, whose keys land in distinct shards of "rl3"
+    (and all in the one shard of "rl")."""
+    chosen: dict[int, str] = {}
+    for n in range(first, 255):
+        address = f"127.0.0.{n}"
+        shard = shard_of(address, SHARDS)
+        if shard not in chosen and not (avoid_shard_0 and shard == 0):
+            chosen[shard] = address
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise AssertionError("not enough loopback addresses")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _kill_limiters_at_the_end(serve_instance: str) -> Iterator[None]:
     # Limiter actors are detached and outlive their apps: free the processes of the two this
-    # module makes without an app for the rest of the session (conftest deletes "rl"'s).
+    # module makes without an app for the rest of the session (conftest deletes the apps').
     yield
     for app in (CLOSED_APP, JOBS_APP):
-        try:
-            ray.kill(ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE))
-        except ValueError:
-            pass
+        remove_limiters(app)
 
 
-@pytest.fixture(scope="module")
-def rl_url(deploy_app) -> str:
+def limited_app(deploy_app, name: str, **rate_limit: object) -> str:
     return deploy_app(
-        "rl",
+        name,
         ingress={"num_replicas": 2, "num_cpus": 0.1},
         rate_limit={
             "enabled": True,
             "default": {"rate": RATE, "burst": BURST},
             "overrides": {SLOW: {"rate": 4, "burst": 16}},
             # Generous: this machine's 2 cores are shared, and a slow answer must not count
-            # as an outage (fail open) in the tests that measure the limit itself.
+            # as an outage in the tests that measure the limit itself.
             "timeout_s": 5.0,
+            **rate_limit,
         },
+        jobs={"enabled": False},  # one replica less on this machine; jobs test a bare client
     )
+
+
+@pytest.fixture(scope="module")
+def rl_url(deploy_app) -> str:
+    return limited_app(deploy_app, "rl")  # one limiter actor, fail_mode open
+
+
+@pytest.fixture(scope="module")
+def rl3_url(deploy_app) -> str:
+    return limited_app(deploy_app, "rl3", shards=SHARDS, fail_mode="closed")
 
 
 def client_from(address: str) -> httpx.AsyncClient:
@@ -105,24 +140,34 @@ def client_from(address: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, timeout=60)
 
 
-async def load(url: str, address: str, seconds: float, load_state: Load | None = None) -> Load:
-    """CLIENTS concurrent clients from one address for `seconds`; every answer is recorded."""
+async def load(
+    url: str, addresses: list[str], seconds: float, load_state: Load | None = None
+) -> Load:
+    """CLIENTS concurrent clients, shared out over `addresses`, for `seconds`; every answer is
+    recorded."""
     state = load_state or Load(start=time.monotonic())
     deadline = time.monotonic() + seconds
     body = {"texts": TEXTS, "labels": LABELS}
-    async with client_from(address) as client:
 
-        async def one_client() -> None:
-            while (sent := time.monotonic()) < deadline:
-                response = await client.post(f"{url}/v1/classify", json=body)
-                state.answers.append(
-                    Answer(sent, time.monotonic(), response.status_code, response.headers,
-                           response.json())
-                )
-                if response.status_code != 200:
-                    await asyncio.sleep(POLL_S * random.uniform(0.5, 1.5))
+    async def one_client(client: httpx.AsyncClient, address: str) -> None:
+        while (sent := time.monotonic()) < deadline:
+            response = await client.post(f"{url}/v1/classify", json=body)
+            state.answers.append(
+                Answer(address, sent, time.monotonic(), response.status_code, response.headers,
+                       response.json())
+            )
+            if response.status_code != 200:
+                await asyncio.sleep(POLL_S * random.uniform(0.5, 1.5))
 
-        await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
+    clients = {address: client_from(address) for address in addresses}
+    try:
+        await asyncio.gather(
+            *(one_client(clients[addresses[i % len(addresses)]], addresses[i % len(addresses)])
+              for i in range(CLIENTS))
+        )
+    finally:
+        for client in clients.values():
+            await client.aclose()
     return state
 
 
@@ -136,8 +181,8 @@ def assert_refusals_are_well_formed(answers: list[Answer]) -> None:
         assert a.body["error"]["type"] == "rate_limited"
 
 
-async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(rl_url: str) -> None:
-    state = await load(rl_url, "127.0.0.2", seconds=5.0)
+def assert_limited_exactly(state: Load, end: float) -> None:
+    """One key's answers: at most what its bucket allows, and (nearly) all of it."""
     statuses = {a.status for a in state.answers}
     assert statuses <= {200, 429} and 429 in statuses, state.summary()
     assert_refusals_are_well_formed(state.answers)
@@ -146,15 +191,26 @@ async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(rl_url:
         if a.status == 200:
             assert a.headers.get("RateLimit-Policy") == POLICY, state.summary()
             assert RATE_LIMIT_HEADER.match(a.headers["RateLimit"])
-
     admitted = state.admitted()
     # Upper bound over the whole run: every admission happened before the last answer arrived.
-    elapsed = state.last_received() - state.start
+    elapsed = end - state.start
     assert admitted <= BURST + RATE * elapsed + 1e-6, (admitted, elapsed, state.summary())
     # Lower bound over the time clients were asking: tokens that accrued while someone was
     # polling were handed out (only the last partial request's worth may be left over).
     asking = max(a.sent for a in state.answers) - state.start
     assert admitted >= 0.9 * (BURST + RATE * asking), (admitted, asking, state.summary())
+
+
+@pytest.mark.parametrize("app", ["rl_url", "rl3_url"], ids=["shards-1", "shards-3"])
+async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(
+    app: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(app)
+    # Two keys, 8 clients each: in different shards of "rl3", in the one actor of "rl".
+    addresses = addresses_on_distinct_shards(2, first=20)
+    state = await load(url, addresses, seconds=5.0)
+    for address in addresses:
+        assert_limited_exactly(state.of(address), end=state.last_received())
 
 
 async def test_a_client_that_waits_retry_after_succeeds(rl_url: str) -> None:
@@ -186,10 +242,10 @@ async def test_a_request_above_the_burst_is_refused_for_good_not_429(rl_url: str
     assert "Retry-After" not in too_big.headers
 
 
-def kill_limiter(app: str) -> bytes:
-    """Kill the app's limiter actor and return once it is dead: ray.kill only asks, and a call
-    sent right after it may still be answered by the dying actor."""
-    actor = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
+def kill_limiter(app: str, shard: int = 0) -> bytes:
+    """Kill one limiter shard of the app and return once it is dead: ray.kill only asks, and a
+    call sent right after it may still be answered by the dying actor."""
+    actor = ray.get_actor(actor_name(app, shard), namespace=ACTOR_NAMESPACE)
     ray.kill(actor)
 
     def dead() -> bool:
@@ -203,11 +259,13 @@ def kill_limiter(app: str) -> bytes:
     return actor._actor_id.binary()
 
 
-async def wait_for_new_limiter(app: str, old_id: bytes, timeout_s: float = 60.0) -> None:
+async def wait_for_new_limiter(
+    app: str, old_id: bytes, shard: int = 0, timeout_s: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            actor = ray.get_actor(actor_name(app), namespace=ACTOR_NAMESPACE)
+            actor = ray.get_actor(actor_name(app, shard), namespace=ACTOR_NAMESPACE)
             if actor._actor_id.binary() != old_id:
                 await actor.__ray_ready__.remote()
                 return
@@ -217,10 +275,19 @@ async def wait_for_new_limiter(app: str, old_id: bytes, timeout_s: float = 60.0)
     raise AssertionError("the limiter actor did not come back")
 
 
+def assert_limited_again(state: Load, since: float) -> None:
+    after = Load(state.start, [a for a in state.answers if a.sent >= since])
+    assert after.answers and {a.status for a in after.answers} <= {200, 429}, after.summary()
+    assert any(a.status == 429 for a in after.answers), after.summary()
+    assert all("RateLimit" in a.headers for a in after.answers if a.status == 200)
+    assert_refusals_are_well_formed(after.answers)
+    window = state.last_received() - since
+    assert after.admitted() <= BURST + RATE * window + 1e-6, (after.admitted(), window)
+
+
 async def test_killing_the_limiter_fails_open_then_the_limit_holds_again(rl_url: str) -> None:
     state = Load(start=time.monotonic())
-    address = "127.0.0.4"
-    running = asyncio.ensure_future(load(rl_url, address, seconds=14.0, load_state=state))
+    running = asyncio.ensure_future(load(rl_url, ["127.0.0.4"], seconds=14.0, load_state=state))
     await asyncio.sleep(2.0)
     killed_at = time.monotonic()
     old_id = await asyncio.to_thread(kill_limiter, "rl")
@@ -235,13 +302,41 @@ async def test_killing_the_limiter_fails_open_then_the_limit_holds_again(rl_url:
         "no request was admitted unlimited while the limiter was down"
     )
     # Once it is back (and a second for every replica to find it): limited again.
-    since = back_at + 1.0
-    after = [a for a in state.answers if a.sent >= since]
-    assert after and any(a.status == 429 for a in after)
-    assert all("RateLimit" in a.headers for a in after if a.status == 200)
-    assert_refusals_are_well_formed(after)
-    window = state.last_received() - since
-    assert state.admitted(since) <= BURST + RATE * window + 1e-6, (state.admitted(since), window)
+    assert_limited_again(state, since=back_at + 1.0)
+
+
+async def test_killing_one_shard_fails_its_keys_closed_and_spares_the_others(
+    rl3_url: str,
+) -> None:
+    # Not shard 0, so the shards named after it are the ones found again.
+    hit, spared = addresses_on_distinct_shards(2, first=40, avoid_shard_0=True)
+    shard = shard_of(hit, SHARDS)
+    state = Load(start=time.monotonic())
+    running = asyncio.ensure_future(load(rl3_url, [hit, spared], seconds=14.0, load_state=state))
+    await asyncio.sleep(2.0)
+    killed_at = time.monotonic()
+    old_id = await asyncio.to_thread(kill_limiter, "rl3", shard)
+    await wait_for_new_limiter("rl3", old_id, shard)
+    back_at = time.monotonic()
+    await running
+    hit_load, spared_load = state.of(hit), state.of(spared)
+
+    # Fail closed: the away shard's keys get 503 with Retry-After, never an unlimited 200.
+    assert {a.status for a in hit_load.answers} <= {200, 429, 503}, hit_load.summary()
+    assert all("RateLimit" in a.headers for a in hit_load.answers if a.status == 200)
+    outage = [a for a in hit_load.answers if a.received >= killed_at and a.sent <= back_at]
+    unavailable = [a for a in outage if a.status == 503]
+    assert unavailable, hit_load.summary()
+    for a in unavailable:
+        assert a.headers["Retry-After"] == "1" and a.body["error"]["type"] == "unavailable"
+    # The other shard's key never noticed: answered, and limited exactly, throughout.
+    assert {a.status for a in spared_load.answers} <= {200, 429}, spared_load.summary()
+    assert any(a.status == 200 and killed_at <= a.sent <= back_at for a in spared_load.answers)
+    assert all("RateLimit" in a.headers for a in spared_load.answers if a.status == 200)
+    elapsed = state.last_received() - state.start
+    assert spared_load.admitted() <= BURST + RATE * elapsed + 1e-6, spared_load.summary()
+    # The shard is back: exact limiting again for its keys.
+    assert_limited_again(hit_load, since=back_at + 1.0)
 
 
 def client_config(fail_mode: str) -> RateLimitConfig:
@@ -277,11 +372,11 @@ async def test_jobs_wait_for_tokens_in_burst_sized_pieces(serve_instance: str) -
     assert client.connect()
     started = time.monotonic()
     await client.acquire_wait("job-owner", 35)  # 10 at once, then 25 more at 20/s
-    waited = time.monotonic() - started
-    assert 1.2 <= waited < 10, waited
+    # A floor, not a stopwatch: 25 tokens at 20/s cannot come sooner, however fast the machine.
+    assert time.monotonic() - started >= 1.2
     # The bucket is empty now: an interactive request from the same client is refused.
-    decision = await client._try_acquire("job-owner", 5)
-    assert not decision.allowed
+    with pytest.raises(RateLimited):
+        await client.admit("job-owner", 5)
 
 
 async def test_no_limit_when_not_enabled(zsc_url: str) -> None:
@@ -289,3 +384,64 @@ async def test_no_limit_when_not_enabled(zsc_url: str) -> None:
         answer = await client.post(f"{zsc_url}/v1/classify", json={"text": "a", "labels": "x,y"})
     assert answer.status_code == 200
     assert "RateLimit" not in answer.headers and "RateLimit-Policy" not in answer.headers
+
+
+# Per-key buckets: with API keys on, the bucket is the key's name, whatever the address.
+API_KEYS = {"alice": "alice-secret-1", "bob": "bob-secret-2", "gold": "gold-secret-3"}
+
+
+@pytest.fixture(scope="module")
+def keys_url(deploy_app) -> str:
+    return deploy_app(
+        "rl-keys",
+        auth={"api_key_hashes": {name: hash_key(key) for name, key in API_KEYS.items()}},
+        rate_limit={
+            "enabled": True,
+            "cost": "requests",
+            # No token comes back during the module: every answer is the burst's.
+            "default": {"rate": 0.01, "burst": 3},
+            "overrides": {"gold": {"rate": 0.01, "burst": 6}},
+            "timeout_s": 5.0,
+        },
+        jobs={"enabled": False},
+    )
+
+
+async def classify_as(
+    client: httpx.AsyncClient, url: str, name: str, texts: list[str]
+) -> httpx.Response:
+    return await client.post(
+        f"{url}/v1/classify",
+        json={"texts": texts, "labels": LABELS},
+        headers={"Authorization": f"Bearer {API_KEYS[name]}"},
+    )
+
+
+def remaining(response: httpx.Response) -> int:
+    match = re.search(r";r=(\d+);", response.headers["RateLimit"])
+    assert match, response.headers
+    return int(match.group(1))
+
+
+async def test_each_api_key_has_its_own_bucket_and_a_request_costs_one(keys_url: str) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:  # one address for every key
+        # 8 pairs each, above the burst of 3 had the cost been pairs (that would be a 413).
+        alice = [await classify_as(client, keys_url, "alice", TEXTS) for _ in range(4)]
+        assert [a.status_code for a in alice] == [200, 200, 200, 429], [a.text for a in alice]
+        assert [remaining(a) for a in alice[:3]] == [2, 1, 0]
+        assert alice[0].headers["RateLimit-Policy"] == '"default";q=3;w=300'
+        assert int(alice[3].headers["Retry-After"]) >= 1
+        # Bob, from the same address, has his own full bucket; 1 pair or 24, a request is 1.
+        small = await classify_as(client, keys_url, "bob", ["one"])
+        big = await classify_as(client, keys_url, "bob", ["one text"] * 6)
+        assert small.status_code == big.status_code == 200, big.text
+        assert [remaining(small), remaining(big)] == [2, 1]
+
+
+async def test_an_override_keyed_by_a_key_name_applies_to_that_key(keys_url: str) -> None:
+    async with httpx.AsyncClient(timeout=60) as client:
+        gold = [await classify_as(client, keys_url, "gold", TEXTS) for _ in range(7)]
+    assert [g.status_code for g in gold] == [200] * 6 + [429], [g.text for g in gold]
+    assert gold[0].headers["RateLimit-Policy"] == '"gold";q=6;w=600'
+    assert [remaining(g) for g in gold[:6]] == [5, 4, 3, 2, 1, 0]
+    assert gold[6].json()["error"]["type"] == "rate_limited"

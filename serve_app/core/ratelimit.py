@@ -3,7 +3,9 @@
 A client's bucket holds up to `burst` tokens and refills at `rate` tokens per second; a request
 passes when the bucket holds its cost. The clock is injected, so every rule here (refill, burst,
 fractional costs, the rounding of Retry-After) is tested in microseconds without sleeping.
-`serve_app.deployments.limiter` puts one `RateLimiter` in one Ray actor that every ingress replica consults.
+`serve_app.deployments.limiter` puts one `RateLimiter` in each of `shards` Ray actors that every
+ingress replica consults: `shard_of` sends each key to exactly one of them, and
+`try_acquire_many` decides a coalesced batch of acquisitions in one call.
 
 Headers follow draft-ietf-httpapi-ratelimit-headers in its structured-field form:
 `RateLimit-Policy: "default";q=<burst>;w=<seconds to refill from empty>` and
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from serve_app.config import RateLimitConfig, RateLimitPolicy
@@ -80,6 +83,19 @@ def sf_number(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def check_cost(cost: float) -> None:
+    if not (cost > 0 and math.isfinite(cost)):
+        raise ValueError(f"cost must be a positive finite number, got {cost!r}")
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard that holds a client key's bucket: the same in every process and every run.
+
+    CRC-32, not `hash()`: Python salts str hashes per process, so two ingress replicas would
+    send one key to different shards and double its limit."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % shards
 
 
 def policy_for(config: RateLimitConfig, key: str) -> tuple[str, RateLimitPolicy]:
@@ -152,10 +168,20 @@ class RateLimiter:
 
     def try_acquire(self, key: str, cost: float) -> Decision:
         """Take `cost` tokens from the client's bucket if it holds them; never waits."""
-        if not (cost > 0 and math.isfinite(cost)):
-            raise ValueError(f"cost must be a positive finite number, got {cost!r}")
+        return self.try_acquire_many([(key, cost)])[0]
+
+    def try_acquire_many(self, requests: Sequence[tuple[str, float]]) -> list[Decision]:
+        """Decide many acquisitions at one instant, in order: exactly the decisions that
+        `try_acquire` called once for each, one after another, would give at that instant.
+
+        Every cost is checked before any is decided, so a malformed batch takes no tokens."""
+        for _, cost in requests:
+            check_cost(cost)
         now = self._clock()
         self._maybe_sweep(now)
+        return [self._decide(key, cost, now) for key, cost in requests]
+
+    def _decide(self, key: str, cost: float, now: float) -> Decision:
         name, policy = policy_for(self._config, key)
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -1,9 +1,16 @@
-"""The shared rate limiter on Ray: one actor per application holds every client's token bucket.
+"""The shared rate limiter on Ray: `rate_limit.shards` actors per app hold every client's bucket.
 
 A limiter inside each ingress replica would multiply the limit by the number of replicas, so the
-buckets (`serve_app.core.ratelimit.RateLimiter`) live in one Ray actor that every ingress replica and
-the job runner consult; a sync actor runs one call at a time, which makes every acquisition
-atomic across replicas.
+buckets (`serve_app.core.ratelimit.RateLimiter`) live in Ray actors that every ingress replica and
+the job runner consult. Each client key lives in exactly one shard (`shard_of`, a stable hash) and
+a sync actor runs one call at a time, so every acquisition is atomic across replicas and the
+limit stays exact per key however many shards share the load.
+
+A Ray call costs about a millisecond, the bucket arithmetic a few microseconds. So each client
+coalesces, per shard, the admissions that arrive while its call to that shard is in flight (or
+within `coalesce_window_s` of the last one) into one call that decides them in arrival order
+(`RateLimiter.try_acquire_many`: the same decisions as one call each). A lone admission with
+nothing in flight goes out at once, so light load pays no window.
 
 Why detached named actors and not 2.60 deployment-scoped actors:
 - reach: a deployment-scoped actor is resolved with `serve.get_deployment_actor`, which works only
@@ -11,20 +18,23 @@ Why detached named actors and not 2.60 deployment-scoped actors:
   must draw from the same buckets. A named actor is found by name from any process.
 - recovery: Serve recreates a dead deployment-scoped actor only after its next health check
   (every ~10 s) and marks the deployment UNHEALTHY meanwhile. Here the first caller that finds
-  the actor dead creates it again at once (`get_if_exists=True` makes that race-free across
+  a shard dead creates it again at once (`get_if_exists=True` makes that race-free across
   replicas), and `max_restarts=-1` brings it back in place after a crash of its process.
-- cost: it outlives `serve delete`/`serve.shutdown()` (one idle process, no CPU reserved) and a
-  restart starts every bucket full; both are accepted for a limiter.
-Its name carries the application's name, so two apps in one cluster never share buckets; the
-namespace is explicit, so replicas (namespace "serve"), the driver and tools all find it.
+- cost: it outlives `serve delete`/`serve.shutdown()` (one idle process per shard, no CPU
+  reserved) and a restart starts its buckets full; both are accepted for a limiter.
+Names carry the application's name, so two apps in one cluster never share buckets: shard 0 is
+`zsc-ratelimit:<app>` (the name before sharding), shard i `zsc-ratelimit:<app>:<i>`. The
+namespace is explicit, so replicas (namespace "serve"), the driver and tools all find them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 import ray
 from ray import serve
@@ -33,39 +43,224 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from serve_app.config import RateLimitConfig
 from serve_app.core.errors import LimitExceeded, RateLimited, ServiceUnavailable
-from serve_app.core.ratelimit import ANONYMOUS_KEY, TOLERANCE, Decision, RateLimiter, policy_for
+from serve_app.core.ratelimit import (
+    ANONYMOUS_KEY,
+    TOLERANCE,
+    Decision,
+    RateLimiter,
+    check_cost,
+    policy_for,
+    shard_of,
+)
 from serve_app.observability.metrics import LimiterMetrics
 
 log = logging.getLogger("ray.serve")
 
 ACTOR_NAMESPACE = "zsc"
-# After a failed lookup, calls fail fast (per fail_mode) for this long instead of each one
-# paying a lookup timeout while the actor is being recreated.
+ACTOR_PREFIX = "zsc-ratelimit:"
+# After a failed lookup, calls to that shard fail fast (per fail_mode) for this long instead of
+# each one paying a lookup timeout while the actor is being recreated.
 RECONNECT_BACKOFF_S = 0.5
 # Fail-open warnings are logged at most this often, so an outage does not flood the logs.
 WARN_EVERY_S = 10.0
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
-def actor_name(app_name: str) -> str:
-    return f"zsc-ratelimit:{app_name}"
+
+def actor_name(app_name: str, shard: int = 0) -> str:
+    """The name of one limiter shard of an app (shard 0 keeps the name from before sharding)."""
+    return f"{ACTOR_PREFIX}{app_name}" if shard == 0 else f"{ACTOR_PREFIX}{app_name}:{shard}"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1)
+def limiter_actor_names(app_name: str) -> list[str]:
+    """The app's limiter shards alive now, under any shard count it ever ran with."""
+    base = actor_name(app_name)
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == ACTOR_NAMESPACE
+    ]
+    return sorted(
+        n for n in names if n == base or (n.startswith(base + ":") and n[len(base) + 1 :].isdigit())
+    )
+
+
+def remove_limiters(app_name: str) -> int:
+    """Kill every limiter shard of an app (they are detached and outlive it); returns how many."""
+    killed = 0
+    for name in limiter_actor_names(app_name):
+        try:
+            ray.kill(ray.get_actor(name, namespace=ACTOR_NAMESPACE))
+            killed += 1
+        except ValueError:  # gone meanwhile
+            pass
+    return killed
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy="SPREAD")
 class RateLimitActor:
-    """Holds the buckets. Sync methods, so Ray runs one acquisition at a time."""
+    """One shard's buckets. Sync methods, so Ray runs one call (one batch) at a time."""
 
-    def __init__(self, config: dict[str, Any]):
-        self._limiter = RateLimiter(RateLimitConfig.model_validate(config))
+    def __init__(self, config: RateLimitConfig):
+        self._limiter = RateLimiter(config)
+        self._calls = 0
+        self._admissions = 0
 
-    def configure(self, config: dict[str, Any]) -> None:
-        self._limiter.configure(RateLimitConfig.model_validate(config))
+    def configure(self, config: RateLimitConfig) -> None:
+        self._limiter.configure(config)
 
-    def try_acquire(self, key: str, cost: float) -> Decision:
-        return self._limiter.try_acquire(key, cost)
+    def try_acquire_many(self, requests: list[tuple[str, float]]) -> list[Decision]:
+        self._calls += 1
+        self._admissions += len(requests)
+        return self._limiter.try_acquire_many(requests)
+
+    def stats(self) -> dict[str, int]:
+        """Calls and admissions answered since this actor started, and buckets held now: with
+        `ray.get_actor(actor_name(app, i), namespace="zsc")`, how much each call coalesces."""
+        return {"calls": self._calls, "admissions": self._admissions, "buckets": len(self._limiter)}
 
 
 class LimiterUnavailable(Exception):
-    """The limiter actor did not answer within `timeout_s` (dead, restarting or overloaded)."""
+    """A limiter shard did not answer within `timeout_s` (dead, restarting or overloaded)."""
+
+
+class Coalescer(Generic[Item, Result]):
+    """Sends items through `send` in batches, one batch in flight at a time, in arrival order.
+
+    An item that arrives while nothing is in flight, and no batch went out within `window_s`,
+    goes out at once, alone. Items that arrive while a batch is in flight, or within the window
+    of the last one, wait and go out together as the next batch. `send(items, waited_s)` answers
+    one result per item, in order (`waited_s`: how long the oldest item waited), or raises, which
+    fails every item of that batch. An item whose waiter gave up (cancelled, e.g. by a timeout)
+    before its batch went out is dropped from it.
+    """
+
+    def __init__(
+        self, send: Callable[[list[Item], float], Awaitable[list[Result]]], window_s: float
+    ):
+        self._send = send
+        self._window_s = window_s
+        self._queue: list[tuple[Item, asyncio.Future[Result], float]] = []
+        self._in_flight: list[asyncio.Future[Result]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._last_sent = -math.inf
+
+    async def submit(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future, time.monotonic()))
+        if self._drainer is None:
+            # A task, so this caller only waits for its own result; it starts on the loop's next
+            # turn, which also lets admissions arriving in this turn join the first batch.
+            self._drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                wait_s = self._last_sent + self._window_s - time.monotonic()
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
+                batch = [(item, f, t) for item, f, t in self._queue if not f.done()]
+                self._queue = []
+                if not batch:
+                    continue
+                self._last_sent = time.monotonic()
+                self._in_flight = [f for _, f, _ in batch]
+                try:
+                    results = await self._send(
+                        [item for item, _, _ in batch], self._last_sent - batch[0][2]
+                    )
+                except Exception as exc:  # noqa: BLE001 - every item of the batch gets it
+                    for future in self._in_flight:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for future, result in zip(self._in_flight, results):
+                        if not future.done():
+                            future.set_result(result)
+                self._in_flight = []
+        finally:
+            self._drainer = None
+            # Only when the drainer itself is cancelled (its loop closing): nobody will answer.
+            for future in [*self._in_flight, *(f for _, f, _ in self._queue)]:
+                future.cancel()
+            self._queue, self._in_flight = [], []
+
+
+class _Shard:
+    """One limiter shard as one client sees it: its handle, its reconnect backoff, its queue."""
+
+    def __init__(
+        self, index: int, config: RateLimitConfig, app_name: str | None, metrics: LimiterMetrics
+    ):
+        self.index = index
+        self._config = config
+        self._app_name = app_name
+        self._metrics = metrics
+        self._tags = {"shard": str(index)}
+        self.handle: ActorHandle | None = None
+        self._retry_at = 0.0
+        self.queue: Coalescer[tuple[str, float], Decision] = Coalescer(
+            self._call, config.coalesce_window_s
+        )
+
+    def lookup(self) -> ActorHandle:
+        """Find the shard, or create it if it is gone; blocking (it talks to the GCS)."""
+        app_name = self._app_name or serve.get_replica_context().app_name
+        # @ray.remote makes the class an ActorClass, which mypy cannot see.
+        handle = RateLimitActor.options(  # type: ignore[attr-defined]
+            name=actor_name(app_name, self.index),
+            namespace=ACTOR_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+        ).remote(self._config)
+        # An actor that already existed may hold an older configuration (a redeploy with new
+        # policies). Fire and forget: Ray runs one caller's calls in order, so this lands before
+        # this client's first acquisition.
+        handle.configure.remote(self._config)
+        return handle
+
+    async def _actor(self) -> ActorHandle:
+        # Only this shard's Coalescer calls this, one batch at a time: no lock needed.
+        if self.handle is None:
+            if time.monotonic() < self._retry_at:
+                raise LimiterUnavailable(f"reconnecting to limiter shard {self.index}")
+            try:
+                self.handle = await asyncio.wait_for(
+                    asyncio.to_thread(self.lookup), timeout=self._config.timeout_s
+                )
+            except (asyncio.TimeoutError, RayActorError, ValueError) as exc:
+                self._retry_at = time.monotonic() + RECONNECT_BACKOFF_S
+                raise LimiterUnavailable(f"lookup of shard {self.index} failed: {exc!r}") from None
+        return self.handle
+
+    async def _call(self, batch: list[tuple[str, float]], waited_s: float) -> list[Decision]:
+        actor = await self._actor()
+        started = time.perf_counter()
+        self._metrics.call_admissions.observe(len(batch), tags=self._tags)
+        self._metrics.coalesce_wait_ms.observe(waited_s * 1000.0, tags=self._tags)
+        try:
+            # asyncio.timeout, not wait_for: no extra task around the ObjectRef on every call.
+            async with asyncio.timeout(self._config.timeout_s):
+                decisions: list[Decision] = await actor.try_acquire_many.remote(batch)
+            return decisions
+        except TimeoutError:
+            # The call may still land later and take tokens: erring towards the client is fine.
+            raise LimiterUnavailable(
+                f"shard {self.index}: no answer within {self._config.timeout_s} s"
+            ) from None
+        except RayActorError as exc:
+            # Dead or restarting: look it up again on the next call; get_if_exists creates it
+            # anew if it is gone for good (ray.kill) and returns it if Ray restarted it.
+            self.handle = None
+            raise LimiterUnavailable(
+                f"shard {self.index} unavailable: {type(exc).__name__}"
+            ) from None
+        finally:
+            self._metrics.latency_ms.observe(
+                (time.perf_counter() - started) * 1000.0, tags=self._tags
+            )
 
 
 class RateLimitClient:
@@ -79,11 +274,11 @@ class RateLimitClient:
     def __init__(self, config: RateLimitConfig, app_name: str | None = None):
         self._config = config
         self._app_name = app_name
-        self._handle: ActorHandle | None = None
-        self._retry_at = 0.0
         self._last_warning = -WARN_EVERY_S
-        self._connect_lock = asyncio.Lock()
         self._metrics = LimiterMetrics()
+        self._shards = [
+            _Shard(i, config, app_name, self._metrics) for i in range(config.shards)
+        ]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RateLimitClient, (self._config, self._app_name))
@@ -97,16 +292,26 @@ class RateLimitClient:
         return float(pairs) if self._config.cost == "pairs" else 1.0
 
     def connect(self, wait_s: float = 30.0) -> bool:
-        """Find or create the actor and wait until it answers. Blocking: for replica start-up,
-        so the first requests after a deploy are limited instead of meeting a starting actor."""
-        try:
-            handle = self._lookup()
-            ray.get(handle.__ray_ready__.remote(), timeout=wait_s)
-        except (GetTimeoutError, RayActorError, ValueError) as exc:
-            log.warning("rate limiter actor not ready at start (%s); will retry per request", exc)
-            return False
-        self._handle = handle
-        return True
+        """Find or create every shard and wait until they answer. Blocking: for replica start-up,
+        so the first requests after a deploy are limited instead of meeting starting actors."""
+        ready = True
+        deadline = time.monotonic() + wait_s
+        for shard in self._shards:
+            try:
+                handle = shard.lookup()
+                ray.get(
+                    handle.__ray_ready__.remote(), timeout=max(0.0, deadline - time.monotonic())
+                )
+            except (GetTimeoutError, RayActorError, ValueError) as exc:
+                log.warning(
+                    "rate limiter shard %d not ready at start (%s); will retry per request",
+                    shard.index,
+                    exc,
+                )
+                ready = False
+                continue
+            shard.handle = handle
+        return ready
 
     async def admit(self, key: str, cost: float) -> Decision | None:
         """Pay for one request now or refuse it; never waits for tokens.
@@ -120,7 +325,7 @@ class RateLimitClient:
         if cost > policy.burst + TOLERANCE:
             raise self._above_burst(cost, policy.burst)
         try:
-            decision = await self._try_acquire(key, cost)
+            decision = await self._decide(key, cost)
         except LimiterUnavailable as exc:
             if self._config.fail_mode == "closed":
                 raise ServiceUnavailable(
@@ -145,7 +350,7 @@ class RateLimitClient:
         """Wait until the client's bucket has paid for `cost`: for jobs, which wait, never fail.
 
         A cost above the burst is paid in burst-sized pieces, one after another. When the limiter
-        does not answer: fail_mode open admits the rest; closed waits until the actor is back.
+        does not answer: fail_mode open admits the rest; closed waits until the shard is back.
         """
         key = key or ANONYMOUS_KEY
         burst = policy_for(self._config, key)[1].burst
@@ -153,7 +358,7 @@ class RateLimitClient:
         while remaining > TOLERANCE:
             piece = min(remaining, burst)
             try:
-                decision = await self._try_acquire(key, piece)
+                decision = await self._decide(key, piece)
             except LimiterUnavailable as exc:
                 if self._config.fail_mode == "open":
                     self._note_fail_open(exc)
@@ -175,55 +380,18 @@ class RateLimitClient:
             "as a job with POST /v1/jobs, which waits for tokens instead of being refused"
         )
 
-    async def _try_acquire(self, key: str, cost: float) -> Decision:
-        actor = await self._actor()
-        started = time.perf_counter()
+    async def _decide(self, key: str, cost: float) -> Decision:
+        """One acquisition through its shard's queue, answered within `timeout_s` or raising
+        LimiterUnavailable."""
+        check_cost(cost)  # here, so one bad cost cannot fail a batch of other clients' requests
+        shard = self._shards[shard_of(key, len(self._shards))]
         try:
-            return await asyncio.wait_for(
-                actor.try_acquire.remote(key, cost), timeout=self._config.timeout_s
-            )
-        except asyncio.TimeoutError:
-            # The call may still land later and take tokens: erring towards the client is fine.
-            raise LimiterUnavailable(f"no answer within {self._config.timeout_s} s") from None
-        except RayActorError as exc:
-            # Dead or restarting: look it up again on the next call; get_if_exists creates it
-            # anew if it is gone for good (ray.kill) and returns it if Ray restarted it.
-            self._handle = None
-            raise LimiterUnavailable(f"actor unavailable: {type(exc).__name__}") from None
-        finally:
-            self._metrics.latency_ms.observe((time.perf_counter() - started) * 1000.0)
-
-    async def _actor(self) -> ActorHandle:
-        if self._handle is not None:
-            return self._handle
-        async with self._connect_lock:
-            if self._handle is None:
-                if time.monotonic() < self._retry_at:
-                    raise LimiterUnavailable("reconnecting to the limiter actor")
-                try:
-                    # The lookup talks to the GCS synchronously: keep it off the event loop.
-                    self._handle = await asyncio.wait_for(
-                        asyncio.to_thread(self._lookup), timeout=self._config.timeout_s
-                    )
-                except (asyncio.TimeoutError, RayActorError, ValueError) as exc:
-                    self._retry_at = time.monotonic() + RECONNECT_BACKOFF_S
-                    raise LimiterUnavailable(f"lookup failed: {exc!r}") from None
-        return self._handle
-
-    def _lookup(self) -> ActorHandle:
-        app_name = self._app_name or serve.get_replica_context().app_name
-        config = self._config.model_dump()
-        handle = RateLimitActor.options(
-            name=actor_name(app_name),
-            namespace=ACTOR_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-        ).remote(config)
-        # An actor that already existed may hold an older configuration (a redeploy with new
-        # policies). Fire and forget: Ray runs one caller's calls in order, so this lands before
-        # this replica's first acquisition.
-        handle.configure.remote(config)
-        return handle
+            async with asyncio.timeout(self._config.timeout_s):
+                return await shard.queue.submit((key, cost))
+        except TimeoutError:
+            raise LimiterUnavailable(
+                f"shard {shard.index}: no answer within {self._config.timeout_s} s"
+            ) from None
 
     def _note_fail_open(self, exc: LimiterUnavailable) -> None:
         self._metrics.fail_open.inc()
