@@ -136,24 +136,41 @@ class RateLimitPolicy(_Section):
 
 
 class RateLimitConfig(_Section):
-    """One token bucket per client, held in one actor every ingress replica consults."""
+    """One token bucket per client, held in limiter actors every ingress replica consults."""
 
     enabled: bool = False
     default: RateLimitPolicy = RateLimitPolicy(rate=100.0, burst=200.0)
     overrides: dict[str, RateLimitPolicy] = Field(
         default_factory=dict, description="Per-client policies, keyed by API key name or address."
     )
-    cost: Literal["pairs", "requests"] = "pairs"
-    fail_mode: Literal["open", "closed"] = Field(
-        "open", description="What to do when the limiter actor cannot be reached in time."
+    cost: Literal["pairs", "requests"] = Field(
+        "pairs",
+        description="What a request (or job chunk) costs: pairs = its text x label pairs, "
+        "requests = 1.",
     )
-    timeout_s: float = Field(0.25, gt=0, description="Bounded wait for the limiter actor.")
+    fail_mode: Literal["open", "closed"] = Field(
+        "open",
+        description="What to do when a client's limiter shard cannot be reached in time: open "
+        "admits unlimited, closed answers 503 with Retry-After.",
+    )
+    timeout_s: float = Field(
+        0.25, gt=0, description="Bounded wait for a limiter shard's answer, queueing included."
+    )
     shards: int = Field(
         1,
         ge=1,
         le=64,
         description="Limiter actors; each client key lives in exactly one (a stable hash), so "
         "the limit stays exact per key while the actors share the load.",
+    )
+    coalesce_window_s: float = Field(
+        0.001,
+        ge=0,
+        le=1.0,
+        description="Coalescing: each replica sends a shard at most one call at a time and one "
+        "per window; admissions arriving meanwhile go out as one call, decided in order. A lone "
+        "admission with nothing in flight goes out at once. 0: coalesce only behind a call in "
+        "flight.",
     )
 
 
@@ -163,7 +180,7 @@ class WebhookConfig(_Section):
     )
     timeout_s: float = Field(15.0, gt=0)
     retry_schedule_s: list[float] = Field(
-        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
         description="Delay before each attempt; the first is normally 0.",
     )
     allow_hosts: list[str] = Field(
@@ -242,12 +259,7 @@ class DeploymentScale(_Section):
         None,
         description="Scale between min and max replicas on load; num_replicas is then unused.",
     )
-    num_cpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
-        1.0,
-        description="CPUs Ray reserves per replica; its threads follow them (see threads in "
-        "the README). Classifier only: auto = this machine's CPUs less what the ingress "
-        "reserves, for one replica using every core (the single-machine default).",
-    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica.")
     num_gpus: float = Field(0.0, ge=0)
     resources: dict[str, float] = Field(
         default_factory=dict,
@@ -265,8 +277,7 @@ class DeploymentScale(_Section):
     @model_validator(mode="after")
     def _one_way_to_size(self) -> "DeploymentScale":
         # Serve refuses a fixed num_replicas next to an autoscaling_config; say so at validation.
-        # The default (1) is allowed, so a dumped config validates again (the Ingress does that).
-        if self.autoscaling is not None and self.num_replicas != 1:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
             raise ValueError(
                 f"num_replicas={self.num_replicas!r} conflicts with autoscaling; remove one"
             )
@@ -314,6 +325,24 @@ class PrefilterConfig(_Section):
         return self.model is not None
 
 
+class ClassifierScale(DeploymentScale):
+    """The Classifier's deployment: its threads follow its CPUs (README, "Threads and CPUs")."""
+
+    num_cpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(  # type: ignore[assignment]
+        "auto",
+        description="CPUs Ray reserves per replica; the model's threads x sub-batches follow "
+        "them. auto = this machine's CPUs less what the ingress reserves: one replica using "
+        "every core (the single-machine default; give a number on a cluster).",
+    )
+
+
+class IngressScale(DeploymentScale):
+    """The Ingress deployment: light (HTTP, validation, the limiter call), many requests each."""
+
+    num_cpus: float = Field(0.25, ge=0, description="CPUs Ray reserves per replica.")
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
 class AppConfig(ModelConfig):
     """Arguments of `serve_app.app:build_app`: the model settings at top level (so
     `serve run serve_app.app:build_app model=DIR` works) plus one section per concern."""
@@ -324,8 +353,8 @@ class AppConfig(ModelConfig):
     jobs: JobsConfig = JobsConfig()
     auth: AuthConfig = AuthConfig()
     prefilter: PrefilterConfig = PrefilterConfig()
-    classifier: DeploymentScale = DeploymentScale(num_cpus="auto")
-    ingress: DeploymentScale = DeploymentScale(num_cpus=0.25, max_ongoing_requests=256)
+    classifier: ClassifierScale = ClassifierScale()
+    ingress: IngressScale = IngressScale()
 
     @field_validator("model")
     @classmethod
@@ -338,13 +367,6 @@ class AppConfig(ModelConfig):
     def _int8_is_cpu_only(self) -> "AppConfig":
         if self.backend == "int8" and self.device == "cuda":
             raise ValueError("backend=int8 runs on CPU only; use dtype=float16 on cuda")
-        return self
-
-    @model_validator(mode="after")
-    def _auto_cpus_only_for_the_classifier(self) -> "AppConfig":
-        for name, scale in (("ingress", self.ingress), ("prefilter.deployment", self.prefilter.deployment)):
-            if scale.num_cpus == "auto":
-                raise ValueError(f"{name}.num_cpus=auto is for the classifier only; give a number")
         return self
 
     def model_settings(self) -> ModelConfig:

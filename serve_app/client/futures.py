@@ -68,9 +68,12 @@ def _classify(
     labels: list[str] | str,
     hypothesis_template: str,
     multi_label: bool,
+    prefilter_top_k: int | None,
 ) -> DeploymentResponse:
+    # Passed only when given: absent, the app's configured prefilter k applies.
+    extra = {} if prefilter_top_k is None else {"prefilter_top_k": prefilter_top_k}
     return handle.options(_by_reference=True).classify.remote(
-        texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label
+        texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label, **extra
     )
 
 
@@ -114,14 +117,17 @@ def submit(
     *,
     hypothesis_template: str = DEFAULT_TEMPLATE,
     multi_label: bool = False,
+    prefilter_top_k: int | None = None,
     callback: Callback | None = None,
 ) -> concurrent.futures.Future[ClassifyBody]:
     """Start one classification; return a `concurrent.futures.Future` of its `/v1/classify` body.
 
     `callback(future)` runs once the future is done, with a result or an exception: on a Ray
     thread, or on the loop's thread when called inside a running event loop.
+    `prefilter_top_k`: with a prefilter configured, score only each text's k most similar
+    labels (None: the configured k; 0: every label).
     """
-    response = _classify(handle, texts, labels, hypothesis_template, multi_label)
+    response = _classify(handle, texts, labels, hypothesis_template, multi_label, prefilter_top_k)
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -142,6 +148,7 @@ def submit_many(
     *,
     hypothesis_template: str = DEFAULT_TEMPLATE,
     multi_label: bool = False,
+    prefilter_top_k: int | None = None,
     callback: Callback | None = None,
 ) -> list[concurrent.futures.Future[ClassifyBody]]:
     """One request (and one future, in the order of `texts`) per text; `callback` fires for each
@@ -153,6 +160,7 @@ def submit_many(
             labels,
             hypothesis_template=hypothesis_template,
             multi_label=multi_label,
+            prefilter_top_k=prefilter_top_k,
             callback=callback,
         )
         for text in texts
@@ -166,6 +174,7 @@ def submit_async(
     *,
     hypothesis_template: str = DEFAULT_TEMPLATE,
     multi_label: bool = False,
+    prefilter_top_k: int | None = None,
     callback: AsyncCallback | None = None,
 ) -> asyncio.Future[ClassifyBody]:
     """Like `submit`, for code on a running event loop: returns at once with an asyncio future
@@ -174,7 +183,7 @@ def submit_async(
     Raises RuntimeError when no event loop is running in this thread (use `submit` there).
     """
     loop = asyncio.get_running_loop()
-    response = _classify(handle, texts, labels, hypothesis_template, multi_label)
+    response = _classify(handle, texts, labels, hypothesis_template, multi_label, prefilter_top_k)
     future = _start_task(loop, response)
     if callback is not None:
         future.add_done_callback(callback)

@@ -139,12 +139,16 @@ def classify_body(
     labels: str | Sequence[str],
     hypothesis_template: str,
     multi_label: bool,
+    prefilter_top_k: int | None = None,
 ) -> dict[str, Any]:
-    """The body of `POST /v1/classify` (and of a job): a str is one `text`, else `texts`."""
+    """The body of `POST /v1/classify` (and of a job): a str is one `text`, else `texts`.
+    `prefilter_top_k` is sent only when given (absent, the server's configured k applies)."""
     body: dict[str, Any] = {"text": texts} if isinstance(texts, str) else {"texts": list(texts)}
     body["labels"] = labels if isinstance(labels, str) else list(labels)
     body["hypothesis_template"] = hypothesis_template
     body["multi_label"] = multi_label
+    if prefilter_top_k is not None:
+        body["prefilter_top_k"] = prefilter_top_k
     return body
 
 
@@ -155,8 +159,9 @@ def job_body(
     multi_label: bool,
     callback_url: str | None,
     metadata: Mapping[str, Any] | None,
+    prefilter_top_k: int | None = None,
 ) -> dict[str, Any]:
-    body = classify_body(texts, labels, hypothesis_template, multi_label)
+    body = classify_body(texts, labels, hypothesis_template, multi_label, prefilter_top_k)
     if callback_url is not None:
         body["callback_url"] = callback_url
     if metadata is not None:
@@ -359,9 +364,13 @@ class ZeroShotClient(_Operations):
         labels: str | Sequence[str],
         hypothesis_template: str = DEFAULT_TEMPLATE,
         multi_label: bool = False,
+        prefilter_top_k: int | None = None,
     ) -> dict[str, Any]:
-        """`POST /v1/classify`; returns the body (`model`, `results`, `usage`, ...)."""
-        body = classify_body(texts, labels, hypothesis_template, multi_label)
+        """`POST /v1/classify`; returns the body (`model`, `results`, `usage`, ...).
+
+        `prefilter_top_k`: on a server with a prefilter, score only the k labels most similar
+        to each text (None: the server's configured k; 0: every label)."""
+        body = classify_body(texts, labels, hypothesis_template, multi_label, prefilter_top_k)
         return self._run(self._post_json("/v1/classify", body))
 
     def model_info(self) -> dict[str, Any]:
@@ -379,9 +388,13 @@ class ZeroShotClient(_Operations):
         callback_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        prefilter_top_k: int | None = None,
     ) -> dict[str, Any]:
-        """`POST /v1/jobs`; returns the job (`id`, `state`, ...)."""
-        body = job_body(texts, labels, hypothesis_template, multi_label, callback_url, metadata)
+        """`POST /v1/jobs`; returns the job (`id`, `state`, ...). `prefilter_top_k` as in
+        `classify`."""
+        body = job_body(
+            texts, labels, hypothesis_template, multi_label, callback_url, metadata, prefilter_top_k
+        )
         return self._run(self._submit_job(body, idempotency_key))
 
     def get_job(
@@ -470,8 +483,9 @@ class AsyncZeroShotClient(_Operations):
         labels: str | Sequence[str],
         hypothesis_template: str = DEFAULT_TEMPLATE,
         multi_label: bool = False,
+        prefilter_top_k: int | None = None,
     ) -> dict[str, Any]:
-        body = classify_body(texts, labels, hypothesis_template, multi_label)
+        body = classify_body(texts, labels, hypothesis_template, multi_label, prefilter_top_k)
         return await self._run(self._post_json("/v1/classify", body))
 
     async def model_info(self) -> dict[str, Any]:
@@ -489,8 +503,11 @@ class AsyncZeroShotClient(_Operations):
         callback_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        prefilter_top_k: int | None = None,
     ) -> dict[str, Any]:
-        body = job_body(texts, labels, hypothesis_template, multi_label, callback_url, metadata)
+        body = job_body(
+            texts, labels, hypothesis_template, multi_label, callback_url, metadata, prefilter_top_k
+        )
         return await self._run(self._submit_job(body, idempotency_key))
 
     async def get_job(

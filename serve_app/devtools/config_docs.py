@@ -7,6 +7,8 @@ knobs, defaults and descriptions can never drift from the code.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -50,5 +52,15 @@ def embed(readme: str) -> str:
     return f"{head}{BEGIN}\n{config_table()}\n{END}{tail}"
 
 
+def main(argv: list[str]) -> None:
+    """`python -m serve_app.devtools.config_docs [--write README.md]`: print the table, or embed
+    it in the file between the markers."""
+    if argv[:1] == ["--write"] and len(argv) == 2:
+        path = Path(argv[1])
+        path.write_text(embed(path.read_text()))
+    else:
+        print(config_table())
+
+
 if __name__ == "__main__":
-    print(config_table())
+    main(sys.argv[1:])

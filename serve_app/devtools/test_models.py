@@ -171,3 +171,43 @@ def build_test_model(
     data["zsc_random_weights"] = True
     config_file.write_text(json.dumps(data, indent=2))
     return out
+
+
+def build_test_bi_encoder(out_dir: str | Path, *, pooling: str = "mean", seed: int = 0) -> Path:
+    """Write a tiny random sentence-transformers bi-encoder to out_dir and return the directory.
+
+    A 2-layer BERT (WordPiece, hidden 32) and a Pooling module (`pooling`: mean, cls, max, ...),
+    saved with `SentenceTransformer.save`, so `SentenceTransformer(out_dir)` loads it as it
+    loads a hub bi-encoder (modules.json, 1_Pooling/config.json, ...). For the prefilter's
+    mechanics: its similarities are random. config.json carries `zsc_random_weights: true`.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_length = 64
+    _build_wordpiece_tokenizer(out, vocab_size=1000, max_length=max_length)
+    config = BertConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max_length,
+        pad_token_id=0,
+        type_vocab_size=2,
+        initializer_range=0.5,  # as for the tiny cross-encoder: clear margins, not float noise
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out)
+    transformer = Transformer(str(out), max_seq_length=max_length)
+    model = SentenceTransformer(modules=[transformer, Pooling(config.hidden_size, pooling)])
+    model.save(str(out), create_model_card=False)
+    config_file = out / "config.json"
+    data = json.loads(config_file.read_text())
+    data["zsc_random_weights"] = True
+    config_file.write_text(json.dumps(data, indent=2))
+    return out

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Histogram
 
-SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-COUNTS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 10_000]
-MILLISECONDS = [0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000]
+SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+COUNTS = [float(2**i) for i in range(13)] + [10_000.0]
+MILLISECONDS = [0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]
 
 
 def add(counter: Counter, amount: float, tags: dict[str, str] | None = None) -> None:
     """Increment unless `amount` is 0, which Ray's Counter refuses."""
     if amount:
-        counter.inc(amount, tags=tags)
+        counter.inc(amount, tags=tags or {})
 
 
 class ClassifierMetrics:
@@ -99,11 +99,21 @@ class LimiterMetrics:
             "zsc_ratelimit_call_latency_ms",
             description="Round trip of one call to a limiter shard (one or many admissions).",
             boundaries=MILLISECONDS,
+            tag_keys=("shard",),
         )
         self.call_admissions = Histogram(
             "zsc_ratelimit_admissions_per_call",
             description="Admissions decided by one call to a limiter shard (coalescing).",
             boundaries=COUNTS,
+            tag_keys=("shard",),
+        )
+        self.coalesce_wait_ms = Histogram(
+            "zsc_ratelimit_coalesce_wait_ms",
+            description="How long the oldest admission of a call waited for the call to go out "
+            "(behind the call in flight to that shard, or the coalescing window); under 0.5 ms "
+            "when it went out at once.",
+            boundaries=MILLISECONDS,
+            tag_keys=("shard",),
         )
         self.fail_open = Counter(
             "zsc_ratelimit_fail_open",
