@@ -218,3 +218,56 @@ def test_with_api_keys_on_the_page_asks_for_one_and_sends_it(page: Page, keyed_u
     page.reload()
     expect(page.locator("#model-name")).to_have_text(model)
     assert PAGE_KEY not in page.url
+
+
+@pytest.fixture(scope="module")
+def prefilter_url(deploy_app, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from serve_app.devtools.test_models import build_test_bi_encoder
+
+    bi_encoder = build_test_bi_encoder(tmp_path_factory.mktemp("page-bi") / "bi")
+    return deploy_app(
+        "page-prefilter",
+        prefilter={"model": str(bi_encoder), "top_k": 5, "deployment": {"num_cpus": 0.25}},
+        jobs={"enabled": False},
+    )
+
+
+TEN_LABELS = "technology, sports, politics, weather, finance, travel, food, music, health, art"
+
+
+def test_the_prefilter_field_chooses_k(page: Page, prefilter_url: str, zsc_url: str) -> None:
+    sent: list[dict[str, Any]] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/classify") else None,
+    )
+    page.goto(f"{prefilter_url}/")
+    field = page.locator("#prefilter-field")
+    expect(field).to_be_visible()
+    expect(page.locator("#prefilter-top-k")).to_have_attribute("placeholder", "5")
+
+    fill_form(page, TEXTS[:1], TEN_LABELS)  # blank: the configured k applies
+    expect(page.locator("li.bar")).to_have_count(5)
+    expect(page.locator("#status")).to_contain_text("5 of 10 labels scored")
+    assert "prefilter_top_k" not in sent[-1]
+
+    page.fill("#prefilter-top-k", "3")
+    page.click("#submit")
+    expect(page.locator("li.bar")).to_have_count(3)
+    assert sent[-1]["prefilter_top_k"] == 3
+
+    page.fill("#prefilter-top-k", "0")  # off: every label scored
+    page.click("#submit")
+    expect(page.locator("li.bar")).to_have_count(10)
+    expect(page.locator("#status")).not_to_contain_text("labels scored")
+
+    page.fill("#prefilter-top-k", "-1")
+    page.click("#submit")
+    expect(page.locator("#error")).to_contain_text("prefilter_top_k")
+
+    # Without a prefilter the field is hidden and never sent.
+    page.goto(f"{zsc_url}/")
+    expect(page.locator("#prefilter-field")).to_be_hidden()
+    fill_form(page, TEXTS[:1], LABELS)
+    expect(page.locator("li.bar")).to_have_count(4)
+    assert "prefilter_top_k" not in sent[-1]

@@ -116,6 +116,12 @@ def result_table(result: dict[str, Any]) -> Table:
     return table
 
 
+PREFILTER_HELP = (
+    "With a prefilter on the server: score only the k labels most similar to each text "
+    "(0 = every label; default: the server's top_k)."
+)
+
+
 @app.command()
 def classify(
     ctx: typer.Context,
@@ -124,11 +130,12 @@ def classify(
     template: str = typer.Option(DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."),
     multi_label: bool = typer.Option(False, "--multi-label", help="Score each label independently."),
     as_json: bool = typer.Option(False, "--json", help="Print the service's JSON answer."),
+    prefilter_top_k: int | None = typer.Option(None, "--prefilter-top-k", min=0, help=PREFILTER_HELP),
 ) -> None:
     """Classify texts now (POST /v1/classify) and show each label's probability."""
     conn: Connection = ctx.obj
     with reported_errors(conn.url), conn.client() as client:
-        body = client.classify(texts, labels, template, multi_label)
+        body = client.classify(texts, labels, template, multi_label, prefilter_top_k)
     if as_json:
         print_json(body)
         return
@@ -166,6 +173,7 @@ def batch(
         help="Resends of a request that did not complete: 429/503 after Retry-After; a dropped "
         "connection, 502/504 or Serve's plain-text 500 with backoff.",
     ),
+    prefilter_top_k: int | None = typer.Option(None, "--prefilter-top-k", min=0, help=PREFILTER_HELP),
 ) -> None:
     """Classify every row of a file, with a progress bar; rerun the same command to resume.
 
@@ -177,7 +185,7 @@ def batch(
     except BatchError as exc:
         raise fail(str(exc)) from None
     pending = [row for row in rows if row.index not in done]
-    settings = BatchSettings(labels, template, multi_label, batch_size, concurrency)
+    settings = BatchSettings(labels, template, multi_label, batch_size, concurrency, prefilter_top_k)
 
     progress = Progress(
         TextColumn("classifying"),
@@ -255,6 +263,7 @@ def job_submit(
         None, "--idempotency-key", help="Resubmitting with the same key returns the same job."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the job's JSON instead of its id."),
+    prefilter_top_k: int | None = typer.Option(None, "--prefilter-top-k", min=0, help=PREFILTER_HELP),
 ) -> None:
     """Submit texts as a job; prints the job id (for `zsc job wait`)."""
     conn: Connection = ctx.obj
@@ -265,7 +274,14 @@ def job_submit(
         raise fail(f"--metadata is not JSON: {exc}") from None
     with reported_errors(conn.url), conn.client() as client:
         job = client.submit_job(
-            job_texts, labels, template, multi_label, callback_url, meta, idempotency_key
+            job_texts,
+            labels,
+            template,
+            multi_label,
+            callback_url,
+            meta,
+            idempotency_key,
+            prefilter_top_k,
         )
     if as_json:
         print_json(job)

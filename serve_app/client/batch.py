@@ -50,6 +50,7 @@ class BatchSettings:
     multi_label: bool
     batch_size: int = 16
     concurrency: int = 4
+    prefilter_top_k: int | None = None
 
 
 @dataclass
@@ -189,6 +190,7 @@ async def _classify_rows(
             settings.labels,
             settings.hypothesis_template,
             settings.multi_label,
+            settings.prefilter_top_k,
         )
     except ZscHTTPError as exc:
         if exc.status not in ROW_ERROR_STATUSES:
@@ -211,7 +213,11 @@ async def _preflight(client: AsyncZeroShotClient, settings: BatchSettings) -> st
     """Send one fixed text, so errors of the whole request (labels, template, key) stop the run
     here instead of being written as an error on every row. Returns the service's warning."""
     body = await client.classify(
-        PROBE_TEXT, settings.labels, settings.hypothesis_template, settings.multi_label
+        PROBE_TEXT,
+        settings.labels,
+        settings.hypothesis_template,
+        settings.multi_label,
+        settings.prefilter_top_k,
     )
     return body.get("warning")
 
