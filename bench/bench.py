@@ -274,7 +274,11 @@ def chart(report: dict[str, Any], path: Path) -> None:
     labels = [f"{r['name']}\n[{r['backend']}, {r['workload']}]" for r in rows]
     y = np.arange(len(rows))[::-1]
     colors = [
-        "#9aa5b1" if r["key"] in ("a", "b") else "#3b7dd8" if r["key"].startswith("c") else "#e07b39"
+        "#9aa5b1"
+        if r["key"] in ("a", "b")
+        else "#3b7dd8"
+        if r["key"].startswith("c")
+        else "#e07b39"
         for r in rows
     ]
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.55 * len(rows) + 1.8), sharey=True)
@@ -305,12 +309,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="A small run to check it works.")
     parser.add_argument(
-        "--backend", choices=BACKENDS, default="torch",
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
         help="Backend of (c), (d), (e) and (f); (a) and (b) are always torch fp32.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where to write the report.")
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR,
-                        help="The full-size random model (built here when missing).")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="The full-size random model (built here when missing).",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the workload.")
     return parser.parse_args(argv)
 
@@ -370,8 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "five_label": describe_workload(five, five_pairs),
         "sweep": describe_workload(sweep_items, sweep_pairs),
     }
-    log(f"workload: {workload['mixed']['texts']} texts / {workload['mixed']['pairs']} pairs mixed, "
-        f"{workload['five_label']['pairs']} pairs 5-label, sweep {workload['sweep']['pairs']} pairs")
+    log(
+        f"workload: {workload['mixed']['texts']} texts / {workload['mixed']['pairs']} pairs mixed, "
+        f"{workload['five_label']['pairs']} pairs 5-label, sweep {workload['sweep']['pairs']} pairs"
+    )
     pipe = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
     # First forwards of a process are slow: keep them out of the figures.
     for m in [*models.values(), baseline]:
@@ -391,14 +403,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         tallies.setdefault(key, Tally(key, name, backend, wl)).rounds.append(rnd)
         extra = f", {rnd.batches['mean_pairs_per_batch']:.1f} pairs/batch" if rnd.batches else ""
         err = f", {rnd.errors} errors" if rnd.errors else ""
-        log(f"  {name} [{wl}]: {rnd.pairs_per_s:.2f} pairs/s, CPU share "
-            f"{rnd.cpu_s / (rnd.wall_s * cpus):.0%}{extra}{err}")
+        log(
+            f"  {name} [{wl}]: {rnd.pairs_per_s:.2f} pairs/s, CPU share "
+            f"{rnd.cpu_s / (rnd.wall_s * cpus):.0%}{extra}{err}"
+        )
 
     def app_args(layout: Layout) -> dict[str, Any]:
         # The default layout is what `make run` deploys: no CPU or thread setting. Jobs off: no
         # store to write, and the JobRunner reserves no CPU either way.
-        return {"model": str(model_dir), **BACKEND_SETTINGS[opts.backend],
-                "jobs": {"enabled": False}, **layout.args()}
+        return {
+            "model": str(model_dir),
+            **BACKEND_SETTINGS[opts.backend],
+            "jobs": {"enabled": False},
+            **layout.args(),
+        }
 
     def deploy(layout: Layout) -> None:
         serve.delete(APP)  # frees the last layout's CPUs before this one is placed
@@ -407,8 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("starting Ray and Serve")
     # One logical CPU more than the cores, so a hand-tuned layout that claims every core still
     # places the ingress; the default layout sizes itself from the cores the process may use.
-    ray.init(address="local", num_cpus=cpus + 1, include_dashboard=False, log_to_driver=False,
-             namespace="zsc-bench")
+    ray.init(
+        address="local",
+        num_cpus=cpus + 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="zsc-bench",
+    )
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -428,14 +451,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 http.post("/v1/classify", json=probe).raise_for_status()
                 warm_ms.append(1000 * (now() - begin))
         first_request = {"first_ms": first_ms, "warm_ms": warm_ms}
-        log(f"first request after ready {first_ms:.0f} ms, warm {statistics.median(warm_ms):.0f} ms")
+        log(
+            f"first request after ready {first_ms:.0f} ms, warm {statistics.median(warm_ms):.0f} ms"
+        )
         handle = serve.get_app_handle(APP)
         classifier = serve.get_deployment_handle("Classifier", app_name=APP)
         info = classifier.model_info.remote().result()
-        niceness = {"driver": os.getpriority(os.PRIO_PROCESS, 0),
-                    "classifier": descendant_nice(f"ServeReplica:{APP}:Classifier")}
-        log(f"service up: {info['backend']}, {info['cpus']} CPUs, {info['torch_threads']} "
-            f"thread(s) x {info['forward_workers']}, batching {info['batching']}, nice {niceness}")
+        niceness = {
+            "driver": os.getpriority(os.PRIO_PROCESS, 0),
+            "classifier": descendant_nice(f"ServeReplica:{APP}:Classifier"),
+        }
+        log(
+            f"service up: {info['backend']}, {info['cpus']} CPUs, {info['torch_threads']} "
+            f"thread(s) x {info['forward_workers']}, batching {info['batching']}, nice {niceness}"
+        )
 
         sweep_models = {**models, f"fp32, {cpus} threads x 1": baseline}
         sweep, sweep_logits = batch_size_sweep(sweep_models, sweep_pairs, plan.batch_sizes)
@@ -457,7 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Idle latency: one request at a time against one forward of the same pairs.
         sample = min(mixed, key=lambda i: abs(i.tokens - (MIN_TOKENS + MAX_TOKENS) // 2))
         sample_labels = list(label_sets()[5])
-        sample_pairs = encode_items(fp32, [Item(sample.text, tuple(sample_labels), sample.tokens)])[0]
+        sample_pairs = encode_items(fp32, [Item(sample.text, tuple(sample_labels), sample.tokens)])[
+            0
+        ]
         body = {"texts": [sample.text], "labels": sample_labels}
         fwd, http_lat, handle_lat = [], [], []
         with httpx.Client(base_url=url, timeout=300) as http:
@@ -488,15 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         idle["http_overhead_ms"] = idle["http_ms"] - idle["forward_ms"]
         idle["handle_overhead_ms"] = idle["handle_ms"] - idle["forward_ms"]
-        log(f"idle: forward {idle['forward_ms']:.1f} ms, HTTP {idle['http_ms']:.1f}, "
-            f"handle {idle['handle_ms']:.1f}")
+        log(
+            f"idle: forward {idle['forward_ms']:.1f} ms, HTTP {idle['http_ms']:.1f}, "
+            f"handle {idle['handle_ms']:.1f}"
+        )
 
         def offline(run: Callable[[], tuple[float, list[float]]], pairs: int) -> Round:
             cpu = tree_cpu_seconds()
             wall, lat = run()
             return Round(pairs, wall, tree_cpu_seconds() - cpu, lat)
 
-        def online(run: Callable[[], Coroutine[Any, Any, tuple[float, list[float], int, int]]]) -> Round:
+        def online(
+            run: Callable[[], Coroutine[Any, Any, tuple[float, list[float], int, int]]],
+        ) -> Round:
             classifier.reset_batch_stats.remote().result()
             cpu = tree_cpu_seconds()
             wall, lat, pairs, errors = asyncio.run(run())
@@ -506,19 +541,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         precision = PRECISION[opts.backend]
         c_name = f"(c) raw sorted forward, batch {bs}, {layout}"
         methods: list[tuple[str, str, str, Callable[[list[Item], list[list[Any]]], Round]]] = [
-            ("c", c_name, precision,
-             lambda its, ps: offline(lambda: raw_forward(chosen, ps, bs)[:2], sum(map(len, ps)))),
-            ("a", f"(a) thread pool x{plan.pool_workers}, forward per text", "fp32",
-             lambda its, ps: offline(lambda: thread_pool(baseline, ps, plan.pool_workers),
-                                     sum(map(len, ps)))),
-            ("b", f"(b) transformers pipeline, batch_size={plan.pipeline_batch_size}", "fp32",
-             lambda its, ps: offline(lambda: run_pipeline(pipe, its, plan.pipeline_batch_size),
-                                     sum(map(len, ps)))),
-            *[(f"d{n}", f"(d) HTTP, {n} clients, default layout", precision,
-               lambda its, ps, n=n: online(lambda: http_run(url, its, n)))
-              for n in plan.http_clients],
-            ("e", f"(e) handle, {plan.handle_callers} callers", precision,
-             lambda its, ps: online(lambda: handle_run(handle, its, plan.handle_callers))),
+            (
+                "c",
+                c_name,
+                precision,
+                lambda its, ps: offline(lambda: raw_forward(chosen, ps, bs)[:2], sum(map(len, ps))),
+            ),
+            (
+                "a",
+                f"(a) thread pool x{plan.pool_workers}, forward per text",
+                "fp32",
+                lambda its, ps: offline(
+                    lambda: thread_pool(baseline, ps, plan.pool_workers), sum(map(len, ps))
+                ),
+            ),
+            (
+                "b",
+                f"(b) transformers pipeline, batch_size={plan.pipeline_batch_size}",
+                "fp32",
+                lambda its, ps: offline(
+                    lambda: run_pipeline(pipe, its, plan.pipeline_batch_size), sum(map(len, ps))
+                ),
+            ),
+            *[
+                (
+                    f"d{n}",
+                    f"(d) HTTP, {n} clients, default layout",
+                    precision,
+                    lambda its, ps, n=n: online(lambda: http_run(url, its, n)),
+                )
+                for n in plan.http_clients
+            ],
+            (
+                "e",
+                f"(e) handle, {plan.handle_callers} callers",
+                precision,
+                lambda its, ps: online(lambda: handle_run(handle, its, plan.handle_callers)),
+            ),
         ]
         for r in range(plan.rounds):
             log(f"round {r + 1}/{plan.rounds}")
@@ -529,9 +588,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (f) the layouts on 5-label requests, between two halves of (c) on the same pairs.
         top = max(plan.http_clients)
         layouts = [default, *hand_tuned_layouts(cpus)]
-        record("c5", c_name, precision, "5-label",
-               offline(lambda: raw_forward(chosen, five_pairs[0::2], bs)[:2],
-                       sum(map(len, five_pairs[0::2]))))
+        record(
+            "c5",
+            c_name,
+            precision,
+            "5-label",
+            offline(
+                lambda: raw_forward(chosen, five_pairs[0::2], bs)[:2],
+                sum(map(len, five_pairs[0::2])),
+            ),
+        )
         layout_rows = []
         for i, candidate in enumerate(layouts):
             if i:  # the default is deployed already
@@ -540,17 +606,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape = classifier.model_info.remote().result()
             with httpx.Client(base_url=url, timeout=300) as http:  # its first requests
                 for item in five[:2]:
-                    http.post("/v1/classify", json={"texts": [item.text],
-                                                    "labels": list(item.labels)}).raise_for_status()
+                    http.post(
+                        "/v1/classify", json={"texts": [item.text], "labels": list(item.labels)}
+                    ).raise_for_status()
             key = "d64-5" if candidate == default else f"f{i}"
-            record(key, f"(f) HTTP, {top} clients, {candidate.name}", precision, "5-label",
-                   online(lambda: http_run(url, five, top)))
-            layout_rows.append({"layout": candidate.name, "key": key, "cpus": shape["cpus"],
-                                "torch_threads": shape["torch_threads"],
-                                "forward_workers": shape["forward_workers"]})
-        record("c5", c_name, precision, "5-label",
-               offline(lambda: raw_forward(chosen, five_pairs[1::2], bs)[:2],
-                       sum(map(len, five_pairs[1::2]))))
+            record(
+                key,
+                f"(f) HTTP, {top} clients, {candidate.name}",
+                precision,
+                "5-label",
+                online(lambda: http_run(url, five, top)),
+            )
+            layout_rows.append(
+                {
+                    "layout": candidate.name,
+                    "key": key,
+                    "cpus": shape["cpus"],
+                    "torch_threads": shape["torch_threads"],
+                    "forward_workers": shape["forward_workers"],
+                }
+            )
+        record(
+            "c5",
+            c_name,
+            precision,
+            "5-label",
+            offline(
+                lambda: raw_forward(chosen, five_pairs[1::2], bs)[:2],
+                sum(map(len, five_pairs[1::2])),
+            ),
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -565,23 +650,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     service_rate, a_rate = by_key[f"d{top}"]["pairs_per_s"], by_key["a"]["pairs_per_s"]
     need = 1 if opts.backend == "torch" else 2
     targets = [
-        {"target": "default layout (HTTP, 64 clients, 5 labels) within 10% of the best hand-tuned",
-         "measured": f"{default_rate:.2f} / {best_layout:.2f} = {default_rate / best_layout:.0%}",
-         "met": default_rate >= 0.9 * best_layout},
-        {"target": "default layout: at least 85% of (c) on the same pairs",
-         "measured": f"{default_rate:.2f} / {c5_rate:.2f} = {default_rate / c5_rate:.0%}",
-         "met": default_rate >= 0.85 * c5_rate},
-        {"target": f"service (HTTP, {top} clients, mixed) vs (a): >= {need}x",
-         "measured": f"{service_rate / a_rate:.2f}x", "met": service_rate >= need * a_rate},
-        *[{"target": f"{name}: largest score difference vs torch fp32 <= 0.02",
-           "measured": f"{b['max_abs_score_diff']:.5f}", "met": b["max_abs_score_diff"] <= 0.02}
-          for name, b in backends.items() if name != "fp32"],
-        {"target": "first request after ready costs what a warm one costs (within 2x + 50 ms)",
-         "measured": f"{first_ms:.0f} ms vs {statistics.median(warm_ms):.0f} ms",
-         "met": first_ms <= 2 * statistics.median(warm_ms) + 50},
+        {
+            "target": "default layout (HTTP, 64 clients, 5 labels) within 10% of the best hand-tuned",
+            "measured": f"{default_rate:.2f} / {best_layout:.2f} = {default_rate / best_layout:.0%}",
+            "met": default_rate >= 0.9 * best_layout,
+        },
+        {
+            "target": "default layout: at least 85% of (c) on the same pairs",
+            "measured": f"{default_rate:.2f} / {c5_rate:.2f} = {default_rate / c5_rate:.0%}",
+            "met": default_rate >= 0.85 * c5_rate,
+        },
+        {
+            "target": f"service (HTTP, {top} clients, mixed) vs (a): >= {need}x",
+            "measured": f"{service_rate / a_rate:.2f}x",
+            "met": service_rate >= need * a_rate,
+        },
+        *[
+            {
+                "target": f"{name}: largest score difference vs torch fp32 <= 0.02",
+                "measured": f"{b['max_abs_score_diff']:.5f}",
+                "met": b["max_abs_score_diff"] <= 0.02,
+            }
+            for name, b in backends.items()
+            if name != "fp32"
+        ],
+        {
+            "target": "first request after ready costs what a warm one costs (within 2x + 50 ms)",
+            "measured": f"{first_ms:.0f} ms vs {statistics.median(warm_ms):.0f} ms",
+            "met": first_ms <= 2 * statistics.median(warm_ms) + 50,
+        },
     ]
     order = ["a", "b", "c", *[f"d{n}" for n in plan.http_clients], "e", "c5", "d64-5"]
-    results.sort(key=lambda r: (order.index(r["key"]) if r["key"] in order else len(order), r["key"]))
+    results.sort(
+        key=lambda r: (order.index(r["key"]) if r["key"] in order else len(order), r["key"])
+    )
     report = {
         "backend": opts.backend,
         "plan_name": plan_name,
@@ -596,8 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_end": loadavg(),
             "niceness": niceness,
         },
-        "service": {key: info[key] for key in ("batching", "cpus", "torch_threads",
-                                               "forward_workers", "backend")},
+        "service": {
+            key: info[key]
+            for key in ("batching", "cpus", "torch_threads", "forward_workers", "backend")
+        },
         "workload": workload,
         "results": results,
         "backends": backends,
@@ -605,11 +709,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep": {
             "backends": list(sweep),
             "batch_sizes": list(plan.batch_sizes),
-            "pairs_per_s": {k: {str(b): round(v, 3) for b, v in vals.items()}
-                            for k, vals in sweep.items()},
+            "pairs_per_s": {
+                k: {str(b): round(v, 3) for b, v in vals.items()} for k, vals in sweep.items()
+            },
         },
-        "layouts": {"rows": layout_rows, "best_pairs_per_s": best_layout,
-                    "c5_pairs_per_s": c5_rate},
+        "layouts": {
+            "rows": layout_rows,
+            "best_pairs_per_s": best_layout,
+            "c5_pairs_per_s": c5_rate,
+        },
         "idle": idle,
         "first_request": first_request,
         "targets": targets,

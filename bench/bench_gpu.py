@@ -108,10 +108,24 @@ class Plan:
 PLANS = {
     # 18k pairs, 6k a round: a few seconds a round at a few thousand pairs/s (a guess, not yet
     # measured on a GPU); a slower service meets the HTTP rounds' time cap instead.
-    "gpu": Plan(texts=4500, rounds=3, sweep_texts=600, batch_sizes=(16, 32, 64, 128, 256),
-                http_clients=(64, 256), round_cap_s=10.0, client_procs=4),
-    "smoke": Plan(texts=48, rounds=2, sweep_texts=8, batch_sizes=(8, 32),
-                  http_clients=(4, 16), round_cap_s=10.0, client_procs=2),
+    "gpu": Plan(
+        texts=4500,
+        rounds=3,
+        sweep_texts=600,
+        batch_sizes=(16, 32, 64, 128, 256),
+        http_clients=(64, 256),
+        round_cap_s=10.0,
+        client_procs=4,
+    ),
+    "smoke": Plan(
+        texts=48,
+        rounds=2,
+        sweep_texts=8,
+        batch_sizes=(8, 32),
+        http_clients=(4, 16),
+        round_cap_s=10.0,
+        client_procs=2,
+    ),
 }
 
 
@@ -166,10 +180,17 @@ def http_load(
     """`clients` closed-loop HTTP clients spread over `procs` processes; no new request after
     cap_s. Returns wall time (first start to last answer), latencies, pairs answered, errors."""
     deadline = time.time() + cap_s
-    shares = [(url, list(items[i::procs]), max(1, clients // procs), deadline) for i in range(procs)]
+    shares = [
+        (url, list(items[i::procs]), max(1, clients // procs), deadline) for i in range(procs)
+    ]
     parts = pool.starmap(http_client_process, shares)
     wall = max(p[1] for p in parts) - min(p[0] for p in parts)
-    return wall, [x for p in parts for x in p[2]], sum(p[3] for p in parts), sum(p[4] for p in parts)
+    return (
+        wall,
+        [x for p in parts for x in p[2]],
+        sum(p[3] for p in parts),
+        sum(p[4] for p in parts),
+    )
 
 
 # -- the service's replicas ---------------------------------------------------------------------
@@ -208,7 +229,10 @@ def gpu_memory_used_mib() -> int | None:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
         return int(out.split()[0])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -234,16 +258,26 @@ def layout_args(layout: Layout, model_dir: Path, device: str) -> dict[str, Any]:
     else:
         classifier.update(num_gpus=0, num_cpus=layout.gpu_share)
     # Jobs need a SQLite store and add a deployment: not what this bench measures.
-    return {**args, "model": str(model_dir), "device": device, "dtype": layout.dtype,
-            "classifier": classifier, "jobs": {"enabled": False}}
+    return {
+        **args,
+        "model": str(model_dir),
+        "device": device,
+        "dtype": layout.dtype,
+        "classifier": classifier,
+        "jobs": {"enabled": False},
+    }
 
 
 # -- the phases ---------------------------------------------------------------------------------
 
 
 def measure_raw(
-    models: dict[str, Any], mixed_pairs: list[list[Pair]], sweep_pairs: list[list[Pair]], plan: Plan,
-    half: str, cpus: int,
+    models: dict[str, Any],
+    mixed_pairs: list[list[Pair]],
+    sweep_pairs: list[list[Pair]],
+    plan: Plan,
+    half: str,
+    cpus: int,
 ) -> dict[str, Any]:
     """(a) and (c): the sweep, the half-precision comparison, memory, then interleaved rounds."""
     import torch
@@ -258,7 +292,13 @@ def measure_raw(
 
     sweep, sweep_logits = batch_size_sweep(models, sweep_pairs, plan.batch_sizes)
     for bs in plan.batch_sizes:
-        log("sweep batch " + str(bs) + ": " + ", ".join(f"{n} {sweep[n][bs]:.0f}" for n in models) + " pairs/s")
+        log(
+            "sweep batch "
+            + str(bs)
+            + ": "
+            + ", ".join(f"{n} {sweep[n][bs]:.0f}" for n in models)
+            + " pairs/s"
+        )
     best_bs = {name: max(values, key=values.get) for name, values in sweep.items()}
     half_report = {
         "dtype": half,
@@ -277,18 +317,32 @@ def measure_raw(
             weights = sum(p.numel() * p.element_size() for p in model.backend.model.parameters())
             memory[name] = {
                 "weights_mib": round(weights / 2**20, 1),
-                "peak_activations_mib": round((torch.cuda.max_memory_allocated() - before) / 2**20, 1),
+                "peak_activations_mib": round(
+                    (torch.cuda.max_memory_allocated() - before) / 2**20, 1
+                ),
                 "max_memory_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
             }
 
     tallies: dict[str, Tally] = {}
     methods: list[tuple[str, str, str, Callable[[list[list[Pair]]], tuple[float, list[float]]]]] = [
-        ("a", f"(a) thread pool x{plan.pool_workers}, forward per text", "fp32",
-         lambda ps: thread_pool(fp32, ps, plan.pool_workers)),
-        ("c-fp32", f"(c) raw sorted forward, batch {best_bs['fp32']}", "fp32",
-         lambda ps: raw_forward(fp32, ps, best_bs["fp32"])[:2]),
-        (f"c-{half_name}", f"(c) raw sorted forward, batch {best_bs[half_name]}", half_name,
-         lambda ps: raw_forward(models[half_name], ps, best_bs[half_name])[:2]),
+        (
+            "a",
+            f"(a) thread pool x{plan.pool_workers}, forward per text",
+            "fp32",
+            lambda ps: thread_pool(fp32, ps, plan.pool_workers),
+        ),
+        (
+            "c-fp32",
+            f"(c) raw sorted forward, batch {best_bs['fp32']}",
+            "fp32",
+            lambda ps: raw_forward(fp32, ps, best_bs["fp32"])[:2],
+        ),
+        (
+            f"c-{half_name}",
+            f"(c) raw sorted forward, batch {best_bs[half_name]}",
+            half_name,
+            lambda ps: raw_forward(models[half_name], ps, best_bs[half_name])[:2],
+        ),
     ]
     for r in range(plan.rounds):
         log(f"raw round {r + 1}/{plan.rounds}")
@@ -301,16 +355,25 @@ def measure_raw(
             log(f"  {name} [{precision}]: {rnd.pairs_per_s:.0f} pairs/s")
     return {
         "results": [t.summary(cpus) for t in tallies.values()],
-        "sweep": {"batch_sizes": list(plan.batch_sizes),
-                  "pairs_per_s": {n: {str(b): round(v, 1) for b, v in vals.items()} for n, vals in sweep.items()}},
+        "sweep": {
+            "batch_sizes": list(plan.batch_sizes),
+            "pairs_per_s": {
+                n: {str(b): round(v, 1) for b, v in vals.items()} for n, vals in sweep.items()
+            },
+        },
         "half": half_report,
         "memory": memory,
     }
 
 
 def measure_service(
-    layouts: Sequence[Layout], model_dir: Path, device: str, mixed: list[Item], plan: Plan,
-    budget: Budget, cpus: int,
+    layouts: Sequence[Layout],
+    model_dir: Path,
+    device: str,
+    mixed: list[Item],
+    plan: Plan,
+    budget: Budget,
+    cpus: int,
 ) -> dict[str, Any]:
     """(d): each layout deployed in turn through the project's builder, loaded over HTTP."""
     try:
@@ -325,8 +388,14 @@ def measure_service(
 
     log("starting Ray and Serve")
     # Logical CPUs: one more than the machine's leaves room for the small ingress replicas.
-    ray.init(address="local", num_cpus=cpus + 1, num_gpus=1 if device == "cuda" else 0,
-             include_dashboard=False, log_to_driver=False, namespace="zsc-bench-gpu")
+    ray.init(
+        address="local",
+        num_cpus=cpus + 1,
+        num_gpus=1 if device == "cuda" else 0,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="zsc-bench-gpu",
+    )
     deployments: list[dict[str, Any]] = []
     # Spawned, not forked: the driver runs Ray's threads (and CUDA) by now.
     pool = multiprocessing.get_context("spawn").Pool(plan.client_procs)
@@ -346,15 +415,32 @@ def measure_service(
                 log(f"{layout.name}: {entry['skipped']}")
                 continue
             try:
-                measure_layout(entry, layout, model_dir, device, mixed, plan, cap, cpus, pool, url,
-                               serve, build_app, AppConfig)
+                measure_layout(
+                    entry,
+                    layout,
+                    model_dir,
+                    device,
+                    mixed,
+                    plan,
+                    cap,
+                    cpus,
+                    pool,
+                    url,
+                    serve,
+                    build_app,
+                    AppConfig,
+                )
             except Exception as exc:  # keep what the other layouts measured
                 log(f"{layout.name} failed: {traceback.format_exc()}")
                 entry["failed"] = f"{type(exc).__name__}: {exc}"
             if baseline_mib is not None and (used := gpu_memory_used_mib()) is not None:
                 entry["gpu_memory_used_mib"] = used - baseline_mib
             serve.delete(APP)  # frees its GPU share before the next layout is placed
-        return {"deployments": deployments, "gpu_memory_baseline_mib": baseline_mib, "ray": ray.__version__}
+        return {
+            "deployments": deployments,
+            "gpu_memory_baseline_mib": baseline_mib,
+            "ray": ray.__version__,
+        }
     finally:
         pool.terminate()
         serve.shutdown()
@@ -362,8 +448,19 @@ def measure_service(
 
 
 def measure_layout(
-    entry: dict[str, Any], layout: Layout, model_dir: Path, device: str, mixed: list[Item],
-    plan: Plan, cap: float, cpus: int, pool: Any, url: str, serve: Any, build_app: Any, app_config: Any,
+    entry: dict[str, Any],
+    layout: Layout,
+    model_dir: Path,
+    device: str,
+    mixed: list[Item],
+    plan: Plan,
+    cap: float,
+    cpus: int,
+    pool: Any,
+    url: str,
+    serve: Any,
+    build_app: Any,
+    app_config: Any,
 ) -> None:
     log(f"deploying {layout.name}")
     config = app_config.model_validate(layout_args(layout, model_dir, device))
@@ -371,35 +468,52 @@ def measure_layout(
     classifier = serve.get_deployment_handle("Classifier", app_name=APP)
     info = classifier.model_info.remote().result()
     entry["service"] = {
-        "device": info["device"], "dtype": info["dtype"], "batching": info["batching"],
-        "forward_tokens": info["forward_tokens"], "classifier": config.classifier.model_dump(),
+        "device": info["device"],
+        "dtype": info["dtype"],
+        "batching": info["batching"],
+        "forward_tokens": info["forward_tokens"],
+        "classifier": config.classifier.model_dump(),
         "ingress": config.ingress.model_dump(),
     }
     log(f"  up: {info['device']} {info['dtype']}, batching {info['batching']}")
     # Every replica's first requests start its CUDA work: keep them out of the figures.
-    http_load(pool, plan.client_procs, url, mixed[: 16 * layout.replicas], 4 * layout.replicas, 60.0)
+    http_load(
+        pool, plan.client_procs, url, mixed[: 16 * layout.replicas], 4 * layout.replicas, 60.0
+    )
 
     tallies: dict[str, Tally] = {}
     for r in range(plan.rounds):
         items = mixed[r :: plan.rounds]
-        clients_order = plan.http_clients[r % len(plan.http_clients):] + plan.http_clients[: r % len(plan.http_clients)]
+        clients_order = (
+            plan.http_clients[r % len(plan.http_clients) :]
+            + plan.http_clients[: r % len(plan.http_clients)]
+        )
         for clients in clients_order:
             reset_replica_batch_stats(classifier, layout.replicas)
             cpu = tree_cpu_seconds()
-            wall, latencies, pairs, errors = http_load(pool, plan.client_procs, url, items, clients, cap)
+            wall, latencies, pairs, errors = http_load(
+                pool, plan.client_procs, url, items, clients, cap
+            )
             cpu = tree_cpu_seconds() - cpu
             stats = replica_batch_stats(classifier, layout.replicas)
             rnd = Round(pairs, wall, cpu, latencies, errors, stats)
             name = f"(d) HTTP, {clients} clients, {layout.name}"
-            tallies.setdefault(str(clients), Tally(f"d{clients}", name, HALF_NAMES.get(layout.dtype, "fp32"),
-                                                   "mixed")).rounds.append(rnd)
-            log(f"  {clients} clients: {rnd.pairs_per_s:.0f} pairs/s, {stats['mean_pairs_per_batch']:.1f} "
+            tallies.setdefault(
+                str(clients),
+                Tally(f"d{clients}", name, HALF_NAMES.get(layout.dtype, "fp32"), "mixed"),
+            ).rounds.append(rnd)
+            log(
+                f"  {clients} clients: {rnd.pairs_per_s:.0f} pairs/s, {stats['mean_pairs_per_batch']:.1f} "
                 f"pairs/batch, model busy {stats['model_busy_share']:.0%}, {stats['replicas_with_batches']} "
-                f"of {layout.replicas} replica(s) ran batches" + (f", {errors} errors" if errors else ""))
+                f"of {layout.replicas} replica(s) ran batches"
+                + (f", {errors} errors" if errors else "")
+            )
     for tally in tallies.values():
         summary = tally.summary(cpus)
         stats = [r.batches for r in tally.rounds if r.batches is not None]
-        summary["model_busy_share"] = round(statistics.median(b["model_busy_share"] for b in stats), 3)
+        summary["model_busy_share"] = round(
+            statistics.median(b["model_busy_share"] for b in stats), 3
+        )
         summary["replicas_with_batches"] = min(b["replicas_with_batches"] for b in stats)
         entry["results"].append(summary)
     entry["round_cap_s"] = round(cap, 1)
@@ -421,23 +535,42 @@ def targets(report: dict[str, Any], layouts: Sequence[Layout], top: int) -> list
     half_name = HALF_NAMES[half["dtype"]]
     one, four = served(report, layouts[0], top), served(report, layouts[1], top)
 
-    def ratio_target(target: str, x: dict[str, Any] | None, y: dict[str, Any] | None, need: float) -> dict[str, Any]:
+    def ratio_target(
+        target: str, x: dict[str, Any] | None, y: dict[str, Any] | None, need: float
+    ) -> dict[str, Any]:
         """x's pairs/s over y's against `need`; "not measured" where either run is missing."""
         if not (x and y and x["pairs_per_s"] and y["pairs_per_s"]):
             return {"target": target, "measured": "not measured", "met": None}
         rate = x["pairs_per_s"] / y["pairs_per_s"]
-        return {"target": target, "met": rate >= need,
-                "measured": f"{x['pairs_per_s']:.0f} / {y['pairs_per_s']:.0f} = {rate:.2f}x"}
+        return {
+            "target": target,
+            "met": rate >= need,
+            "measured": f"{x['pairs_per_s']:.0f} / {y['pairs_per_s']:.0f} = {rate:.2f}x",
+        }
 
     return [
-        {"target": f"{half_name} vs fp32, raw (c) at each one's best batch size: faster (> 1x)",
-         "measured": f"{half['speedup']:.2f}x", "met": half["speedup"] > 1},
-        {"target": f"{half_name}: largest score difference vs fp32 <= 0.02",
-         "measured": f"{half['max_abs_score_diff']:.5f}", "met": half["max_abs_score_diff"] <= 0.02},
-        ratio_target(f"{layouts[1].name} vs {layouts[0].name} (HTTP, {top} clients): at least as fast (>= 1x)",
-                     four, one, 1.0),
-        ratio_target(f"service ({layouts[1].name}, the shipped layout; HTTP, {top} clients) vs (a): >= 5x",
-                     four, raw["a"], 5.0),
+        {
+            "target": f"{half_name} vs fp32, raw (c) at each one's best batch size: faster (> 1x)",
+            "measured": f"{half['speedup']:.2f}x",
+            "met": half["speedup"] > 1,
+        },
+        {
+            "target": f"{half_name}: largest score difference vs fp32 <= 0.02",
+            "measured": f"{half['max_abs_score_diff']:.5f}",
+            "met": half["max_abs_score_diff"] <= 0.02,
+        },
+        ratio_target(
+            f"{layouts[1].name} vs {layouts[0].name} (HTTP, {top} clients): at least as fast (>= 1x)",
+            four,
+            one,
+            1.0,
+        ),
+        ratio_target(
+            f"service ({layouts[1].name}, the shipped layout; HTTP, {top} clients) vs (a): >= 5x",
+            four,
+            raw["a"],
+            5.0,
+        ),
     ]
 
 
@@ -461,9 +594,11 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in raw["results"]:
-        lines.append(f"| {r['name']} | {r['backend']} | {r['pairs_per_s']:.0f} | "
-                     f"{ratio(r['pairs_per_s'], a['pairs_per_s'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                     f"{r['cpu_share']:.0%} |")
+        lines.append(
+            f"| {r['name']} | {r['backend']} | {r['pairs_per_s']:.0f} | "
+            f"{ratio(r['pairs_per_s'], a['pairs_per_s'])} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['cpu_share']:.0%} |"
+        )
     names = list(raw["sweep"]["pairs_per_s"])
     lines += [
         "",
@@ -476,7 +611,11 @@ def markdown(report: dict[str, Any]) -> str:
         "|---:|" + "---:|" * len(names),
     ]
     for bs in raw["sweep"]["batch_sizes"]:
-        lines.append(f"| {bs} | " + " | ".join(f"{raw['sweep']['pairs_per_s'][n][str(bs)]:.0f}" for n in names) + " |")
+        lines.append(
+            f"| {bs} | "
+            + " | ".join(f"{raw['sweep']['pairs_per_s'][n][str(bs)]:.0f}" for n in names)
+            + " |"
+        )
     lines += [
         "",
         f"{half_name} vs fp32 on (c), best batch size each ({half['best_batch_size']}): "
@@ -488,8 +627,10 @@ def markdown(report: dict[str, Any]) -> str:
         "average), so a trained model's deviation can be larger.",
     ]
     for name, mem in raw["memory"].items():
-        lines.append(f"GPU memory, {name}: weights {mem['weights_mib']} MiB, peak activations of one "
-                     f"(c) pass {mem['peak_activations_mib']} MiB (torch.cuda.max_memory_allocated).")
+        lines.append(
+            f"GPU memory, {name}: weights {mem['weights_mib']} MiB, peak activations of one "
+            f"(c) pass {mem['peak_activations_mib']} MiB (torch.cuda.max_memory_allocated)."
+        )
     service = report["service"]
     lines += ["", "## The service over HTTP", ""]
     if service.get("skipped"):
@@ -513,12 +654,17 @@ def markdown(report: dict[str, Any]) -> str:
                     f"{ratio(r['pairs_per_s'], a['pairs_per_s'])} | {ratio(r['pairs_per_s'], c_half['pairs_per_s'])} | "
                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r.get('mean_pairs_per_batch', 0):.1f} | "
                     f"{r.get('mean_calls_per_batch', 0):.1f} | {r['model_busy_share']:.0%} | "
-                    f"{r['replicas_with_batches']}/{entry['replicas']} | {r['cpu_share']:.0%} | {r['errors']} |")
+                    f"{r['replicas_with_batches']}/{entry['replicas']} | {r['cpu_share']:.0%} | {r['errors']} |"
+                )
             if entry.get("skipped") or entry.get("failed"):
-                notes.append(f"{entry['layout']}: {entry.get('skipped') or 'failed: ' + entry['failed']}.")
+                notes.append(
+                    f"{entry['layout']}: {entry.get('skipped') or 'failed: ' + entry['failed']}."
+                )
             if entry.get("gpu_memory_used_mib") is not None:
-                notes.append(f"{entry['layout']}: {entry['gpu_memory_used_mib']} MiB of GPU memory in use "
-                             "by its replicas after its runs (nvidia-smi, less what was in use before).")
+                notes.append(
+                    f"{entry['layout']}: {entry['gpu_memory_used_mib']} MiB of GPU memory in use "
+                    "by its replicas after its runs (nvidia-smi, less what was in use before)."
+                )
         lines += [
             "",
             "Latency: a request's end-to-end time under load. pairs/batch and requests/batch: per "
@@ -542,16 +688,33 @@ def markdown(report: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="Every step on the CPU with the tiny test model, to check the script (~1 min).")
-    parser.add_argument("--half", choices=tuple(HALF_NAMES), default="float16",
-                        help="The half precision compared with fp32 and served.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where to write JSON and Markdown.")
-    parser.add_argument("--model-dir", type=Path, default=None,
-                        help="The random model (built here when missing); default .zsc/bench-model, "
-                             "or .zsc/bench-smoke-model with --smoke.")
-    parser.add_argument("--max-seconds", type=float, default=390.0,
-                        help="Time limit of the measurements; deployments that no longer fit are skipped.")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="Every step on the CPU with the tiny test model, to check the script (~1 min).",
+    )
+    parser.add_argument(
+        "--half",
+        choices=tuple(HALF_NAMES),
+        default="float16",
+        help="The half precision compared with fp32 and served.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="Where to write JSON and Markdown."
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="The random model (built here when missing); default .zsc/bench-model, "
+        "or .zsc/bench-smoke-model with --smoke.",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=390.0,
+        help="Time limit of the measurements; deployments that no longer fit are skipped.",
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the workload.")
     return parser.parse_args(argv)
 
@@ -572,15 +735,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from serve_app.engine.engine import Engine
 
     if device == "cuda" and not torch.cuda.is_available():
-        log(f"no GPU visible to torch {torch.__version__}: this needs a CUDA build of torch and a GPU "
-            "(--smoke checks the script on CPU)")
+        log(
+            f"no GPU visible to torch {torch.__version__}: this needs a CUDA build of torch and a GPU "
+            "(--smoke checks the script on CPU)"
+        )
         return 2
-    accelerator = (f"{torch.cuda.get_device_name(0)} "
-                   f"({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
-                   if device == "cuda" else "CPU only (smoke run)")
+    accelerator = (
+        f"{torch.cuda.get_device_name(0)} "
+        f"({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+        if device == "cuda"
+        else "CPU only (smoke run)"
+    )
     log(f"plan {plan_name} on {accelerator}")
-    model_dir = ensure_model((opts.model_dir or (SMOKE_MODEL_DIR if opts.smoke else DEFAULT_MODEL_DIR)).resolve(),
-                             full_size=not opts.smoke)
+    model_dir = ensure_model(
+        (opts.model_dir or (SMOKE_MODEL_DIR if opts.smoke else DEFAULT_MODEL_DIR)).resolve(),
+        full_size=not opts.smoke,
+    )
     half_name = HALF_NAMES[opts.half]
     models = {
         name: Engine(ModelConfig(model=str(model_dir), device=device, dtype=dtype), str(model_dir))
@@ -593,7 +763,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     step = max(1, len(mixed) // plan.sweep_texts)
     sweep_pairs = mixed_pairs[::step][: plan.sweep_texts]
     workload = describe_workload(mixed, mixed_pairs)
-    log(f"workload: {workload['texts']} texts / {workload['pairs']} pairs; sweep {sum(map(len, sweep_pairs))} pairs")
+    log(
+        f"workload: {workload['texts']} texts / {workload['pairs']} pairs; sweep {sum(map(len, sweep_pairs))} pairs"
+    )
 
     raw = measure_raw(models, mixed_pairs, sweep_pairs, plan, opts.half, cpus)
     # The driver's models would only hold GPU memory the replicas' figures should not include.
@@ -602,7 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device == "cuda":
         torch.cuda.empty_cache()
 
-    layouts = [Layout(1, 1.0, opts.half), Layout(4, 0.25, opts.half), Layout(1, 1.0, "float32", optional=True)]
+    layouts = [
+        Layout(1, 1.0, opts.half),
+        Layout(4, 0.25, opts.half),
+        Layout(1, 1.0, "float32", optional=True),
+    ]
     service = measure_service(layouts, model_dir, device, mixed, plan, budget, cpus)
 
     report: dict[str, Any] = {

@@ -56,7 +56,9 @@ from serve_app.devtools.test_models import build_test_model  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 # High enough that nothing is refused: the benchmark times the check, not the refusals.
 NEVER_REFUSES: dict[str, Any] = {
-    "enabled": True, "default": {"rate": 1e9, "burst": 1e9}, "timeout_s": 5.0
+    "enabled": True,
+    "default": {"rate": 1e9, "burst": 1e9},
+    "timeout_s": 5.0,
 }
 BODY = {"text": "The new phone's battery lasts two days.", "labels": ["tech", "sport"]}
 SHARD_COUNTS = (1, 3)
@@ -149,10 +151,12 @@ class Caller:
 
 def shard_stats(app_name: str, shards: int) -> tuple[int, int]:
     """(calls, admissions) answered so far by every shard of an app."""
-    stats = ray.get([
-        ray.get_actor(actor_name(app_name, i), namespace=ACTOR_NAMESPACE).stats.remote()
-        for i in range(shards)
-    ])
+    stats = ray.get(
+        [
+            ray.get_actor(actor_name(app_name, i), namespace=ACTOR_NAMESPACE).stats.remote()
+            for i in range(shards)
+        ]
+    )
     return sum(s["calls"] for s in stats), sum(s["admissions"] for s in stats)
 
 
@@ -193,8 +197,12 @@ def free_port() -> int:
 
 def deploy(name: str, model: Path, port: int, rate_limit: dict[str, Any]) -> str:
     args = AppConfig.model_validate(
-        {"model": str(model), "classifier": {"num_cpus": 0.5}, "ingress": {"num_cpus": 0.1},
-         "rate_limit": rate_limit}
+        {
+            "model": str(model),
+            "classifier": {"num_cpus": 0.5},
+            "ingress": {"num_cpus": 0.1},
+            "rate_limit": rate_limit,
+        }
     )
     serve.run(build_app(args), name=name, route_prefix=f"/{name}")
     return f"http://127.0.0.1:{port}/{name}"
@@ -256,8 +264,7 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, float]:
         "in_process_try_acquire_many_per_s": median("in_process", "try_acquire_many_per_s"),
     }
     summary["scaled_acquisitions_per_s"] = max(
-        summary[f"coalesced_shards_{s}_acquisitions_per_s"]
-        for s in SHARD_COUNTS
+        summary[f"coalesced_shards_{s}_acquisitions_per_s"] for s in SHARD_COUNTS
     )
     summary["speedup"] = summary["scaled_acquisitions_per_s"] / summary["single_acquisitions_per_s"]
     return summary
@@ -272,15 +279,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write.")
     opts = parser.parse_args()
 
-    ray.init(address="local", num_cpus=16, include_dashboard=False, namespace="zsc-bench",
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=16,
+        include_dashboard=False,
+        namespace="zsc-bench",
+        log_to_driver=False,
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     apps = ["bench-single", *(f"bench-{s}" for s in SHARD_COUNTS)]
     try:
         model = build_test_model(Path(tempfile.mkdtemp()) / "tiny")
-        urls = (deploy("limited", model, port, NEVER_REFUSES),
-                deploy("unlimited", model, port, {"enabled": False}))
+        urls = (
+            deploy("limited", model, port, NEVER_REFUSES),
+            deploy("unlimited", model, port, {"enabled": False}),
+        )
         # Create every limiter up front, so no run pays for starting an actor.
         for app, shards in zip(apps, (1, *SHARD_COUNTS)):
             assert RateLimitClient(config(shards), app_name=app).connect()

@@ -176,7 +176,8 @@ class RateLimitConfig(_Section):
 
 class WebhookConfig(_Section):
     secret: str | None = Field(
-        None, description="whsec_... secret for Standard Webhooks signatures (or env ZSC_WEBHOOK_SECRET)."
+        None,
+        description="whsec_... secret for Standard Webhooks signatures (or env ZSC_WEBHOOK_SECRET).",
     )
     timeout_s: float = Field(15.0, gt=0)
     retry_schedule_s: list[float] = Field(
@@ -243,13 +244,15 @@ class AutoscalingSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _bounds_ordered(self) -> "AutoscalingSettings":
+    def _bounds_ordered(self) -> AutoscalingSettings:
         if self.max_replicas < self.min_replicas:
             raise ValueError("autoscaling.max_replicas must be >= min_replicas")
         if self.initial_replicas is not None and not (
             self.min_replicas <= self.initial_replicas <= self.max_replicas
         ):
-            raise ValueError("autoscaling.initial_replicas must lie in [min_replicas, max_replicas]")
+            raise ValueError(
+                "autoscaling.initial_replicas must lie in [min_replicas, max_replicas]"
+            )
         return self
 
 
@@ -275,7 +278,7 @@ class DeploymentScale(_Section):
     )
 
     @model_validator(mode="after")
-    def _one_way_to_size(self) -> "DeploymentScale":
+    def _one_way_to_size(self) -> DeploymentScale:
         # Serve refuses a fixed num_replicas next to an autoscaling_config; say so at validation.
         if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
             raise ValueError(
@@ -364,7 +367,7 @@ class AppConfig(ModelConfig):
         return value.strip()
 
     @model_validator(mode="after")
-    def _int8_is_cpu_only(self) -> "AppConfig":
+    def _int8_is_cpu_only(self) -> AppConfig:
         if self.backend == "int8" and self.device == "cuda":
             raise ValueError("backend=int8 runs on CPU only; use dtype=float16 on cuda")
         return self

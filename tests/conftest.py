@@ -76,9 +76,7 @@ def serve_instance() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def deploy_app(
-    serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-):
+def deploy_app(serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """Deploy `build_app` with overrides under its own name and prefix; returns its base URL."""
     from ray import serve
 

@@ -24,7 +24,9 @@ PROXY_PREFIX = "SERVE_PROXY_ACTOR"
 SERVE_NAMESPACE = "serve"
 
 
-def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.25) -> T:
+def wait_for(
+    check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.25
+) -> T:
     """Poll `check` until it returns something truthy; fail naming `what` after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -34,20 +34,45 @@ class Case:
 
 
 CASES = [
-    Case("single_label", ["The new phone's battery lasts two days."], ["technology", "sports", "politics"]),
-    Case("multi_label", ["Our team won the final after penalties."], ["sports", "joy", "weather"], multi_label=True),
+    Case(
+        "single_label",
+        ["The new phone's battery lasts two days."],
+        ["technology", "sports", "politics"],
+    ),
+    Case(
+        "multi_label",
+        ["Our team won the final after penalties."],
+        ["sports", "joy", "weather"],
+        multi_label=True,
+    ),
     Case("one_label", ["Heavy rain is expected tomorrow."], ["weather"]),
-    Case("custom_template", ["Please cancel my subscription."], ["urgent", "not urgent"], template="The customer is {}."),
+    Case(
+        "custom_template",
+        ["Please cancel my subscription."],
+        ["urgent", "not urgent"],
+        template="The customer is {}.",
+    ),
     Case("comma_string_labels", ["Stocks rallied after earnings."], " finance, sports ,, travel "),
-    Case("duplicate_labels", ["A delayed flight stranded travellers."], ["travel", "food", "travel"]),
+    Case(
+        "duplicate_labels", ["A delayed flight stranded travellers."], ["travel", "food", "travel"]
+    ),
     Case("longer_than_window", [LONG_TEXT], ["finance", "sports"]),
     Case(
         "many_texts",
-        [f"Sentence number {i} about {topic}." for i, topic in enumerate(
-            ["music", "movies", "food", "science", "health", "travel", "business", "art"] * 3)],
+        [
+            f"Sentence number {i} about {topic}."
+            for i, topic in enumerate(
+                ["music", "movies", "food", "science", "health", "travel", "business", "art"] * 3
+            )
+        ],
         ["music", "science", "business", "health", "travel"],
     ),
-    Case("many_texts_multi", [f"Text {i}: engineers test a car." for i in range(7)], ["cars", "art"], multi_label=True),
+    Case(
+        "many_texts_multi",
+        [f"Text {i}: engineers test a car." for i in range(7)],
+        ["cars", "art"],
+        multi_label=True,
+    ),
 ]
 
 
@@ -55,7 +80,9 @@ def as_list(results: Any) -> list[dict[str, Any]]:
     return results if isinstance(results, list) else [results]
 
 
-def assert_same_results(ours: list[dict[str, Any]], ref: list[dict[str, Any]], tol: float = 1e-5) -> None:
+def assert_same_results(
+    ours: list[dict[str, Any]], ref: list[dict[str, Any]], tol: float = 1e-5
+) -> None:
     """Same sequences, labels in the same order, scores within tol."""
     assert len(ours) == len(ref)
     for got, want in zip(ours, ref):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from conftest import ENV_KEYS, ENV_KEYS_VAR
 from pydantic import ValidationError
 
-from conftest import ENV_KEYS, ENV_KEYS_VAR
 from serve_app.config import AuthConfig
 from serve_app.http.middleware.auth import SCHEME_NAME, ApiKeys, AuthConfigError, hash_key
 
@@ -129,8 +129,14 @@ def test_the_key_is_checked_before_the_body_is_read(url: str) -> None:
 @pytest.mark.ray
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/model"), ("GET", "/v1/jobs"), ("GET", "/v1/nothing-here"), ("GET", "/v1"),
-     ("POST", "/"), ("POST", "/predict")],
+    [
+        ("GET", "/v1/model"),
+        ("GET", "/v1/jobs"),
+        ("GET", "/v1/nothing-here"),
+        ("GET", "/v1"),
+        ("POST", "/"),
+        ("POST", "/predict"),
+    ],
 )
 def test_protected_routes_under_the_prefix_are_401_without_a_key(
     url: str, method: str, path: str
@@ -153,8 +159,13 @@ def test_health_page_and_docs_stay_open_and_declare_the_scheme(url: str) -> None
         "scheme": "bearer",
         "description": "An API key: 'Authorization: Bearer <key>'.",
     }
-    protected = [("/v1/classify", "post"), ("/v1/model", "get"), ("/v1/jobs", "post"),
-                 ("/", "post"), ("/predict", "post")]
+    protected = [
+        ("/v1/classify", "post"),
+        ("/v1/model", "get"),
+        ("/v1/jobs", "post"),
+        ("/", "post"),
+        ("/predict", "post"),
+    ]
     for path, method in protected:
         operation = spec["paths"][path][method]
         assert operation["security"] == [{SCHEME_NAME: []}], (path, method)
@@ -168,8 +179,10 @@ def test_the_key_name_owns_the_job(url: str) -> None:
     """The name of the key (here one read from the environment) reaches the routes: jobs are
     its own, and another key's caller cannot see them."""
     submitted = httpx.post(
-        f"{url}/v1/jobs", json={"texts": ["one", "two"], "labels": ["a", "b"]},
-        headers=bearer(ENV_KEY), timeout=60,
+        f"{url}/v1/jobs",
+        json={"texts": ["one", "two"], "labels": ["a", "b"]},
+        headers=bearer(ENV_KEY),
+        timeout=60,
     )
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]

@@ -15,9 +15,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from ray import serve
-
 from live import SteadyLoad, wait_for
+from ray import serve
 
 pytestmark = pytest.mark.ray
 

@@ -30,8 +30,12 @@ def test_hits_misses_and_lru_eviction() -> None:
 def test_keys_tell_apart_model_template_text_and_label() -> None:
     base = cache_key("m", "T {}", "text", "x")
     assert base == cache_key("m", "T {}", "text", "x")
-    others = [cache_key("m2", "T {}", "text", "x"), cache_key("m", "U {}", "text", "x"),
-              cache_key("m", "T {}", "text!", "x"), cache_key("m", "T {}", "text", "y")]
+    others = [
+        cache_key("m2", "T {}", "text", "x"),
+        cache_key("m", "U {}", "text", "x"),
+        cache_key("m", "T {}", "text!", "x"),
+        cache_key("m", "T {}", "text", "y"),
+    ]
     assert base not in others and len(set(others)) == 4
 
 
@@ -56,8 +60,10 @@ def test_the_service_answers_repeats_from_the_cache(deploy_app) -> None:
 
     url = deploy_app("cached", result_cache_entries=1000)
     classifier = serve.get_deployment_handle("Classifier", app_name="cached")
-    body = {"texts": ["Stocks rallied after earnings.", "Heavy rain tomorrow."],
-            "labels": ["finance", "weather", "sports"]}
+    body = {
+        "texts": ["Stocks rallied after earnings.", "Heavy rain tomorrow."],
+        "labels": ["finance", "weather", "sports"],
+    }
     first = httpx.post(f"{url}/v1/classify", json=body, timeout=60)
     assert first.status_code == 200, first.text
     stats = classifier.cache_stats.remote().result()

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import ray
-
 from live import SERVE_NAMESPACE, Outcome, SteadyLoad, ZscClientLoad, replica_names, wait_for
+
 from serve_app.deployments.limiter import ACTOR_NAMESPACE, actor_name
 
 pytestmark = pytest.mark.ray
@@ -28,7 +28,10 @@ pytestmark = pytest.mark.ray
 APP = "chaos"
 CLIENTS = 4  # raw HTTP
 ZSC_CLIENTS = 2  # through ZeroShotClient
-BODY = {"texts": ["The striker scored in the final minute."], "labels": ["sports", "finance", "art"]}
+BODY = {
+    "texts": ["The striker scored in the final minute."],
+    "labels": ["sports", "finance", "art"],
+}
 JOB_TEXTS = [f"Item {i}: prices rose as the team won the election." for i in range(300)]
 REPLICAS = {"Classifier": 2, "Ingress": 2, "JobRunner": 1}
 RECOVERY_S = 180
@@ -100,15 +103,18 @@ def test_nothing_accepted_is_lost_when_parts_die(url: str) -> None:
     jobs = submit_jobs(url, 2)
     kills: dict[str, float] = {}
     recovered: dict[str, float] = {}
-    with SteadyLoad(f"{url}/v1/classify", BODY, CLIENTS) as load, ZscClientLoad(
-        url, BODY, ZSC_CLIENTS
-    ) as zsc_load:
+    with (
+        SteadyLoad(f"{url}/v1/classify", BODY, CLIENTS) as load,
+        ZscClientLoad(url, BODY, ZSC_CLIENTS) as zsc_load,
+    ):
         wait_for(lambda: load.ok_since(0) >= 20, 120, "steady load")
 
         for deployment in ("Classifier", "Ingress"):
             kills[deployment] = time.monotonic()
             killed = kill_replica(deployment)
-            wait_for(lambda: replaced(deployment, killed), RECOVERY_S, f"a new {deployment}")
+            wait_for(
+                lambda d=deployment, k=killed: replaced(d, k), RECOVERY_S, f"a new {deployment}"
+            )
             recovered[deployment] = answers_again(load, f"killing a {deployment} replica")
 
         before = limiter_id()

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live import replica_names, wait_for
+from parity import CASES, Case, as_list, assert_same_results
 from ray import serve
 from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 from transformers import AutoTokenizer, pipeline
-
-from live import replica_names, wait_for
-from parity import CASES, Case, as_list, assert_same_results
 
 pytestmark = pytest.mark.ray
 
@@ -50,7 +49,9 @@ def test_handle_equals_http(zsc_url: str, zsc_handle, case: Case) -> None:
 def test_one_text_field_answers_one_result(zsc_url: str, reference) -> None:
     body = {"text": "Engineers test an electric car.", "labels": "cars, art"}
     answer = httpx.post(f"{zsc_url}/v1/classify", json=body, timeout=30).json()
-    assert_same_results(answer["results"], [reference(body["text"], candidate_labels=body["labels"])])
+    assert_same_results(
+        answer["results"], [reference(body["text"], candidate_labels=body["labels"])]
+    )
 
 
 def test_model_health_and_docs(zsc_url: str) -> None:
@@ -73,27 +74,57 @@ BAD_BODIES = [
     ("texts_not_list", {"texts": "a", "labels": ["a"]}, 422, "invalid_request"),
     ("texts_of_numbers", {"texts": [1, 2], "labels": ["a"]}, 422, "invalid_request"),
     ("labels_number", {"texts": ["a"], "labels": 5}, 422, "invalid_request"),
-    ("multi_label_string", {"texts": ["a"], "labels": ["x"], "multi_label": "yes"}, 422, "invalid_request"),
+    (
+        "multi_label_string",
+        {"texts": ["a"], "labels": ["x"], "multi_label": "yes"},
+        422,
+        "invalid_request",
+    ),
     ("unknown_field", {"texts": ["a"], "labels": ["x"], "lables": ["y"]}, 422, "invalid_request"),
     ("empty_texts", {"texts": [], "labels": ["a"]}, 422, "invalid_request"),
     ("empty_labels", {"texts": ["a"], "labels": []}, 422, "invalid_request"),
     ("blank_label_string", {"texts": ["a"], "labels": " , ,"}, 422, "invalid_request"),
     ("empty_text", {"texts": ["ok", "  "], "labels": ["a"]}, 422, "invalid_request"),
-    ("template_without_braces", {"text": "a", "labels": ["x"], "hypothesis_template": "No slot."}, 422, "invalid_request"),
-    ("template_two_slots", {"text": "a", "labels": ["x"], "hypothesis_template": "{} and {}"}, 422, "invalid_request"),
-    ("template_named_slot", {"text": "a", "labels": ["x"], "hypothesis_template": "{} is {name}"}, 422, "invalid_request"),
+    (
+        "template_without_braces",
+        {"text": "a", "labels": ["x"], "hypothesis_template": "No slot."},
+        422,
+        "invalid_request",
+    ),
+    (
+        "template_two_slots",
+        {"text": "a", "labels": ["x"], "hypothesis_template": "{} and {}"},
+        422,
+        "invalid_request",
+    ),
+    (
+        "template_named_slot",
+        {"text": "a", "labels": ["x"], "hypothesis_template": "{} is {name}"},
+        422,
+        "invalid_request",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "status", "error_type"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
-def test_malformed_bodies_get_a_json_4xx(zsc_url: str, name: str, body, status: int, error_type: str) -> None:
-    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+@pytest.mark.parametrize(
+    ("name", "body", "status", "error_type"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
+def test_malformed_bodies_get_a_json_4xx(
+    zsc_url: str, name: str, body, status: int, error_type: str
+) -> None:
+    kwargs = (
+        {"content": body, "headers": {"content-type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
     response = httpx.post(f"{zsc_url}/v1/classify", timeout=30, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["type"] == error_type and error["message"]
     # ...and the app keeps serving.
-    ok = httpx.post(f"{zsc_url}/v1/classify", json={"text": "still up?", "labels": ["yes", "no"]}, timeout=30)
+    ok = httpx.post(
+        f"{zsc_url}/v1/classify", json={"text": "still up?", "labels": ["yes", "no"]}, timeout=30
+    )
     assert ok.status_code == 200
 
 
@@ -120,7 +151,10 @@ LIMIT_BREACHES = [
     ("max_pairs", {"texts": ["a", "b"], "labels": ["a", "b", "c", "d"]}),
     ("max_text_chars", {"texts": ["a" * 51], "labels": ["x"]}),
     ("max_label_chars", {"texts": ["a"], "labels": ["x" * 11]}),
-    ("max_template_chars", {"texts": ["a"], "labels": ["x"], "hypothesis_template": "{}" + "." * 40}),
+    (
+        "max_template_chars",
+        {"texts": ["a"], "labels": ["x"], "hypothesis_template": "{}" + "." * 40},
+    ),
     ("max_body_bytes", {"texts": ["a"], "labels": ["x"], "metadata_padding": "p" * 3000}),
     ("max_json_depth", {"texts": ["a"], "labels": ["x"], "deep": [[[[[["too deep"]]]]]]}),
 ]
@@ -131,7 +165,9 @@ def test_each_limit_is_a_4xx_that_names_it(limited_url: str, limit: str, body: d
     response = httpx.post(f"{limited_url}/v1/classify", json=body, timeout=30)
     assert 400 <= response.status_code < 500, response.text
     assert limit in response.json()["error"]["message"]
-    ok = httpx.post(f"{limited_url}/v1/classify", json={"texts": ["a"], "labels": ["x"]}, timeout=30)
+    ok = httpx.post(
+        f"{limited_url}/v1/classify", json={"texts": ["a"], "labels": ["x"]}, timeout=30
+    )
     assert ok.status_code == 200
 
 
@@ -240,7 +276,9 @@ def test_a_redeploy_with_new_user_config_retunes_the_running_replica(
     replica, actors = first["replica"], replica_names(RETUNE_APP, "Classifier")
     window = first["max_length"]
     # The most pairs a batch can hold within one window's worth of tokens.
-    shortest = min(pair_tokens(tiny_model_dir, t, l) for t in RETUNE_TEXTS for l in RETUNE_LABELS)
+    shortest = min(
+        pair_tokens(tiny_model_dir, text, label) for text in RETUNE_TEXTS for label in RETUNE_LABELS
+    )
     cap = window // shortest
     large = batches_under_load()
     assert large["max_batch_tokens"] == LARGE["max_batch_tokens"], large

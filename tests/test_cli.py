@@ -14,10 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import ray
-from prometheus_client.parser import text_string_to_metric_families
-
 from live import wait_for
 from parity import assert_same_results
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.ray
 
@@ -32,7 +31,11 @@ def zsc(url: str, *args: str, check: bool = True) -> subprocess.CompletedProcess
     env["COLUMNS"] = "120"  # rich wraps tables at 80 columns when stdout is not a terminal
     done = subprocess.run(
         [sys.executable, "-m", "serve_app.cli", "--url", url, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check:
         assert done.returncode == 0, done.stderr
@@ -44,7 +47,9 @@ def direct(url: str, texts: list[str], labels: str = LABELS) -> list[dict[str, A
     results: list[dict[str, Any]] = []
     for start in range(0, len(texts), 250):
         answer = httpx.post(
-            f"{url}/v1/classify", json={"texts": texts[start : start + 250], "labels": labels}, timeout=60
+            f"{url}/v1/classify",
+            json={"texts": texts[start : start + 250], "labels": labels},
+            timeout=60,
         )
         assert answer.status_code == 200, answer.text
         results.extend(answer.json()["results"])
@@ -100,7 +105,10 @@ def test_classify_error_is_one_readable_line(zsc_url: str) -> None:
 def thousand(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("batch") / "texts.txt"
     path.write_text(
-        "".join(f"Sentence {i} is about {TOPICS[i % len(TOPICS)]} and day {i % 31}.\n" for i in range(1000)),
+        "".join(
+            f"Sentence {i} is about {TOPICS[i % len(TOPICS)]} and day {i % 31}.\n"
+            for i in range(1000)
+        ),
         encoding="utf-8",
     )
     return path
@@ -115,7 +123,9 @@ def thousand_done(zsc_url: str, thousand: Path) -> list[dict[str, Any]]:
     return read_lines(out)
 
 
-def test_batch_of_1000_equals_classify(zsc_url: str, thousand: Path, thousand_done: list[dict[str, Any]]) -> None:
+def test_batch_of_1000_equals_classify(
+    zsc_url: str, thousand: Path, thousand_done: list[dict[str, Any]]
+) -> None:
     rows = by_row(thousand_done)
     assert sorted(rows) == list(range(1000))
     texts = thousand.read_text(encoding="utf-8").splitlines()
@@ -135,13 +145,32 @@ def test_batch_resumes_after_a_truncated_last_line(
     rows = by_row(read_lines(out))
     assert sorted(rows) == list(range(1000))
     full = by_row(thousand_done)
-    assert_same_results([rows[i]["result"] for i in range(1000)], [full[i]["result"] for i in range(1000)])
+    assert_same_results(
+        [rows[i]["result"] for i in range(1000)], [full[i]["result"] for i in range(1000)]
+    )
 
 
-def test_batch_killed_midway_resumes_without_duplicates(zsc_url: str, thousand: Path, tmp_path: Path) -> None:
+def test_batch_killed_midway_resumes_without_duplicates(
+    zsc_url: str, thousand: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "killed.jsonl"
-    cmd = [sys.executable, "-m", "serve_app.cli", "--url", zsc_url, "batch", str(thousand),
-           "-l", LABELS, "-o", str(out), "--concurrency", "1", "--batch-size", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serve_app.cli",
+        "--url",
+        zsc_url,
+        "batch",
+        str(thousand),
+        "-l",
+        LABELS,
+        "-o",
+        str(out),
+        "--concurrency",
+        "1",
+        "--batch-size",
+        "8",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -172,13 +201,26 @@ def test_batch_reads_csv_and_jsonl(zsc_url: str, tmp_path: Path) -> None:
     jsonl_in.write_text(
         "".join(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(texts[:2]))
         + "\n"  # a blank line is skipped, but counted, so row numbers stay line numbers
-        + json.dumps({"id": 9, "body": texts[2]}) + "\n" + "{not json\n",
+        + json.dumps({"id": 9, "body": texts[2]})
+        + "\n"
+        + "{not json\n",
         encoding="utf-8",
     )
     want = direct(zsc_url, texts)
 
     out = tmp_path / "csv.jsonl"
-    done = zsc(zsc_url, "batch", str(csv_in), "-l", LABELS, "-o", str(out), "--text-field", "body", check=False)
+    done = zsc(
+        zsc_url,
+        "batch",
+        str(csv_in),
+        "-l",
+        LABELS,
+        "-o",
+        str(out),
+        "--text-field",
+        "body",
+        check=False,
+    )
     assert done.returncode == 1 and "1 error" in done.stderr  # the empty a3 row
     rows = by_row(read_lines(out))
     assert [rows[i].get("id") for i in range(4)] == ["a1", "a2", "a3", "a4"]
@@ -186,7 +228,18 @@ def test_batch_reads_csv_and_jsonl(zsc_url: str, tmp_path: Path) -> None:
     assert_same_results([rows[i]["result"] for i in (0, 1, 3)], want)
 
     out = tmp_path / "jsonl.jsonl"
-    done = zsc(zsc_url, "batch", str(jsonl_in), "-l", LABELS, "-o", str(out), "--text-field", "body", check=False)
+    done = zsc(
+        zsc_url,
+        "batch",
+        str(jsonl_in),
+        "-l",
+        LABELS,
+        "-o",
+        str(out),
+        "--text-field",
+        "body",
+        check=False,
+    )
     assert done.returncode == 1
     rows = by_row(read_lines(out))
     assert sorted(rows) == [0, 1, 3, 4] and rows[4]["error"]["type"] == "invalid_input"
@@ -194,7 +247,9 @@ def test_batch_reads_csv_and_jsonl(zsc_url: str, tmp_path: Path) -> None:
     assert_same_results([rows[i]["result"] for i in (0, 1, 3)], want)
 
 
-def test_batch_stops_before_writing_when_the_labels_are_wrong(zsc_url: str, thousand: Path, tmp_path: Path) -> None:
+def test_batch_stops_before_writing_when_the_labels_are_wrong(
+    zsc_url: str, thousand: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "never.jsonl"
     done = zsc(zsc_url, "batch", str(thousand), "-l", " , ", "-o", str(out), check=False)
     assert done.returncode == 1 and "labels is empty" in done.stderr

@@ -32,7 +32,12 @@ CONFIGS = sorted([*ROOT.glob("configs/*.yaml"), ROOT / "deploy_config.yaml"])
 
 def test_there_is_a_cpu_a_gpu_a_test_and_a_cluster_config() -> None:
     names = {p.name for p in CONFIGS}
-    assert {"serve_config.yaml", "serve_config_gpu.yaml", "serve_config_test.yaml", "deploy_config.yaml"} <= names
+    assert {
+        "serve_config.yaml",
+        "serve_config_gpu.yaml",
+        "serve_config_test.yaml",
+        "deploy_config.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -45,7 +50,9 @@ def test_config_validates_against_serve_and_app_args(path: Path) -> None:
 
 
 def test_gpu_config_shares_one_gpu_in_quarters_at_fp16() -> None:
-    args = yaml.safe_load((ROOT / "configs/serve_config_gpu.yaml").read_text())["applications"][0]["args"]
+    args = yaml.safe_load((ROOT / "configs/serve_config_gpu.yaml").read_text())["applications"][0][
+        "args"
+    ]
     config = AppConfig.model_validate(args)
     assert config.classifier.num_gpus == 0.25 and config.dtype == "float16"
 
@@ -112,8 +119,12 @@ def test_rayservice_has_head_cpu_and_gpu_groups() -> None:
 def test_serve_config_v2_is_generated_from_deploy_config() -> None:
     assert _rayservice()["spec"]["serveConfigV2"] == serve_config_v2()
     assert _rayservice() == render_rayservice(ROOT / "deploy_config.yaml")
-    assert yaml.safe_load(serve_config_v2()) == yaml.safe_load((ROOT / "deploy_config.yaml").read_text())
-    assert MANIFEST.read_text() == render_manifest(), "k8s/rayservice.yaml is stale: run `zsc k8s render`"
+    assert yaml.safe_load(serve_config_v2()) == yaml.safe_load(
+        (ROOT / "deploy_config.yaml").read_text()
+    )
+    assert MANIFEST.read_text() == render_manifest(), (
+        "k8s/rayservice.yaml is stale: run `zsc k8s render`"
+    )
 
 
 def test_the_job_store_volume_is_mounted_on_the_head_where_db_path_points() -> None:
@@ -123,15 +134,28 @@ def test_the_job_store_volume_is_mounted_on_the_head_where_db_path_points() -> N
     (mount,) = [m for m in head["containers"][0]["volumeMounts"] if m["name"] == JOBS_VOLUME]
     assert Path(args["jobs"]["db_path"]).parent == Path(mount["mountPath"])
     (volume,) = [v for v in head["volumes"] if v["name"] == JOBS_VOLUME]
-    claims = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d["kind"] == "PersistentVolumeClaim"]
+    claims = [
+        d for d in yaml.safe_load_all(MANIFEST.read_text()) if d["kind"] == "PersistentVolumeClaim"
+    ]
     assert volume["persistentVolumeClaim"]["claimName"] in {c["metadata"]["name"] for c in claims}
 
 
 def test_render_check_fails_on_a_stale_manifest(tmp_path: Path) -> None:
     def check(out: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "serve_app.devtools.kube", "render", "--check", "--out", str(out)],
-            capture_output=True, text=True, cwd=ROOT, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "serve_app.devtools.kube",
+                "render",
+                "--check",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
         )
 
     assert check(MANIFEST).returncode == 0
@@ -150,4 +174,6 @@ def test_readme_configuration_table_matches_the_code() -> None:
     from serve_app.devtools.config_docs import embed
 
     readme = (ROOT / "README.md").read_text()
-    assert readme == embed(readme), "README's config table is stale: regenerate it (README, Configuration)"
+    assert readme == embed(readme), (
+        "README's config table is stale: regenerate it (README, Configuration)"
+    )

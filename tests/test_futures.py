@@ -12,8 +12,8 @@ import pytest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.core.errors import ClientError
 from serve_app.client.futures import submit, submit_async, submit_many
+from serve_app.core.errors import ClientError
 
 pytestmark = pytest.mark.ray
 

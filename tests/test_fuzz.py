@@ -21,6 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
+from live import wait_for
 from schemathesis import GenerationMode
 from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.core.transport import Response
@@ -29,8 +30,6 @@ from schemathesis.specs.openapi.checks import (
     negative_data_rejection,
     response_schema_conformance,
 )
-
-from live import wait_for
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from live import SteadyLoad, replica_names, wait_for
 
 pytestmark = pytest.mark.ray

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from scripted_http import DROP, Reply, Seen, scripted_server
+
 from serve_app.client import http as http_client
 from serve_app.client.batch import BatchError, BatchSettings, Row, done_rows, run_batch
 from serve_app.client.http import AsyncZeroShotClient, RetryPolicy, ZeroShotClient, ZscHTTPError
@@ -52,15 +52,20 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def test_429_and_503_are_resent_after_retry_after(sleeps: list[float]) -> None:
     script = in_turn(limited(429, "2"), limited(503, "1"))
-    with scripted_server(script) as (url, seen):
-        with ZeroShotClient(f"{url}/zsc2", api_key="k1", retry=NO_JITTER) as client:
-            body = client.classify(["x"], ["a", "b"], multi_label=True)
+    with (
+        scripted_server(script) as (url, seen),
+        ZeroShotClient(f"{url}/zsc2", api_key="k1", retry=NO_JITTER) as client,
+    ):
+        body = client.classify(["x"], ["a", "b"], multi_label=True)
     assert body["results"][0]["labels"] == ["a", "b"]
     assert sleeps == [2.0, 1.0]
     assert [r.path for r in seen] == ["/zsc2/v1/classify"] * 3
     assert seen[0].headers["authorization"] == "Bearer k1"
     assert seen[0].json() == {
-        "texts": ["x"], "labels": ["a", "b"], "hypothesis_template": "This example is {}.", "multi_label": True
+        "texts": ["x"],
+        "labels": ["a", "b"],
+        "hypothesis_template": "This example is {}.",
+        "multi_label": True,
     }
 
 
@@ -78,7 +83,11 @@ def test_retries_are_bounded_and_the_error_is_typed(sleeps: list[float]) -> None
         with ZeroShotClient(url, retry=NO_JITTER) as client, pytest.raises(ZscHTTPError) as caught:
             client.classify("x", "a,b")
     assert len(seen) == 4 and len(sleeps) == 3
-    assert (caught.value.status, caught.value.type, caught.value.retry_after) == (429, "rate_limited", 1.0)
+    assert (caught.value.status, caught.value.type, caught.value.retry_after) == (
+        429,
+        "rate_limited",
+        1.0,
+    )
 
 
 def test_zsc_own_500_is_final(sleeps: list[float]) -> None:
@@ -91,10 +100,12 @@ def test_zsc_own_500_is_final(sleeps: list[float]) -> None:
 
 
 def test_a_wait_longer_than_allowed_is_not_slept(sleeps: list[float]) -> None:
-    with scripted_server(lambda r: limited(429, "3600")) as (url, _):
-        with ZeroShotClient(url, retry=NO_JITTER) as client:
-            with pytest.raises(ZscHTTPError, match="retry after 3600"):
-                client.classify("x", "a")
+    with (
+        scripted_server(lambda r: limited(429, "3600")) as (url, _),
+        ZeroShotClient(url, retry=NO_JITTER) as client,
+    ):
+        with pytest.raises(ZscHTTPError, match="retry after 3600"):
+            client.classify("x", "a")
     assert sleeps == []
 
 
@@ -108,7 +119,9 @@ def test_errors_carry_status_type_and_message() -> None:
         with pytest.raises(ZscHTTPError) as caught:
             client.classify("x", "")
         assert (caught.value.status, caught.value.type, caught.value.message) == (
-            422, "invalid_request", "labels is empty"
+            422,
+            "invalid_request",
+            "labels is empty",
         )
         with pytest.raises(ZscHTTPError) as caught:
             client.model_info()
@@ -116,7 +129,9 @@ def test_errors_carry_status_type_and_message() -> None:
 
 
 def test_a_resent_job_submission_keeps_its_idempotency_key(sleeps: list[float]) -> None:
-    script = in_turn(limited(503, "1"), DROP, then=lambda r: Reply(202, {"id": "j1", "state": "queued"}))
+    script = in_turn(
+        limited(503, "1"), DROP, then=lambda r: Reply(202, {"id": "j1", "state": "queued"})
+    )
     with scripted_server(script) as (url, seen), ZeroShotClient(url, retry=NO_JITTER) as client:
         assert client.submit_job(["a"], "x,y", metadata={"k": 1})["id"] == "j1"
     keys = {request.headers["idempotency-key"] for request in seen}
@@ -135,7 +150,9 @@ def test_wait_job_polls_then_joins_every_page(sleeps: list[float]) -> None:
         if state != "succeeded":
             return Reply(200, {"id": "j1", "state": state, "results": None})
         paging = {"page": page, "page_size": 2, "total_pages": 2, "has_more": page < 2}
-        return Reply(200, {"id": "j1", "state": state, "results": pages[page], "results_page": paging})
+        return Reply(
+            200, {"id": "j1", "state": state, "results": pages[page], "results_page": paging}
+        )
 
     with scripted_server(script) as (url, seen), ZeroShotClient(url) as client:
         job = client.wait_job("j1", poll_interval_s=0.01, page_size=2)
@@ -178,12 +195,18 @@ async def test_batch_rides_out_a_429_and_isolates_a_bad_row(tmp_path: Path) -> N
     out = tmp_path / "out.jsonl"
     with scripted_server(script) as (url, _):
         async with AsyncZeroShotClient(url) as client:
-            summary = await run_batch(client, rows, out, BatchSettings("a,b", "It is {}.", False, 2, 1))
+            summary = await run_batch(
+                client, rows, out, BatchSettings("a,b", "It is {}.", False, 2, 1)
+            )
 
     lines = {line["row"]: line for line in map(json.loads, out.read_text().splitlines())}
     assert sorted(lines) == [0, 1, 2, 3, 4, 5]
     assert lines[2]["error"] == {"type": "limit_exceeded", "message": "texts[0] too long"}
-    assert lines[5] == {"row": 5, "id": "r5", "error": {"type": "invalid_input", "message": "no text"}}
+    assert lines[5] == {
+        "row": 5,
+        "id": "r5",
+        "error": {"type": "invalid_input", "message": "no text"},
+    }
     assert lines[4]["result"]["sequence"] == "five"
     assert (summary.written, summary.errors) == (6, 2)
     assert calls[0] == ["zsc batch preflight"] and calls[1] == calls[2] == ["one", "two"]

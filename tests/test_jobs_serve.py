@@ -20,14 +20,13 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import ray
+from conftest import free_port
+from live import SERVE_NAMESPACE, replica_names
+from parity import assert_same_results
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from standardwebhooks import Webhook, WebhookVerificationError
 from transformers import AutoTokenizer
-
-from conftest import free_port
-from live import SERVE_NAMESPACE, replica_names
-from parity import assert_same_results
 
 pytestmark = pytest.mark.ray
 
@@ -235,7 +234,10 @@ def test_job_gives_the_classify_results(url: str, reference: list[dict[str, Any]
     assert final["created_at"] <= final["started_at"] <= final["finished_at"]
     assert final["cancelled_at"] is None and final["error"] is None
     assert final["results_page"] == {
-        "page": 1, "page_size": 1000, "total_pages": 2, "has_more": True
+        "page": 1,
+        "page_size": 1000,
+        "total_pages": 2,
+        "has_more": True,
     }
 
     # Scores match within float32 noise (parity's 1e-5): chunks share batches with other pairs

@@ -54,7 +54,10 @@ def test_lifecycle_timestamps_and_progress(store: JobStore) -> None:
     job, created = store.create_job(request, chunk_texts=4, now=100.0)
     assert created and job.state == "queued" and job.created_at == 100.0
     assert job.progress.model_dump() == {
-        "total_texts": 10, "completed_texts": 0, "total_chunks": 3, "completed_chunks": 0
+        "total_texts": 10,
+        "completed_texts": 0,
+        "total_chunks": 3,
+        "completed_chunks": 0,
     }
     assert job.labels == ["a", "b"] and job.started_at is None
 

@@ -22,10 +22,14 @@ def test_auto_sizing_leaves_the_ingress_its_share() -> None:
     assert auto_classifier_cpus(two) == pytest.approx(max(0.5, cpus - 1.0))
     # A config that sizes the Classifier keeps its own number.
     assert AppConfig.model_validate({"classifier": {"num_cpus": 3}}).classifier.num_cpus == 3
-    assert AppConfig.model_validate({"classifier": {"num_replicas": 2}}).classifier.num_cpus == "auto"
+    assert (
+        AppConfig.model_validate({"classifier": {"num_replicas": 2}}).classifier.num_cpus == "auto"
+    )
 
 
-def test_threads_cover_the_budget_rounded_up_within_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_cover_the_budget_rounded_up_within_the_affinity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cores = affinity_cpus()
     assert replica_cpus(cores - 0.25) == cores  # the ingress's fraction is rarely used: take it
     assert replica_cpus(0.5) == 1
@@ -38,14 +42,17 @@ def test_threads_cover_the_budget_rounded_up_within_the_affinity(monkeypatch: py
 
 
 @pytest.mark.ray
-def test_the_default_app_uses_every_core(serve_instance: str, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from ray import serve
-
+def test_the_default_app_uses_every_core(
+    serve_instance: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     from conftest import delete_app
+    from ray import serve
 
     name = "default-layout"
     # The import-path default: no classifier sizing at all (what `make run` deploys).
-    app = build_app(AppConfig(model=str(tiny_model_dir), jobs={"db_path": str(tmp_path / "j.sqlite3")}))
+    app = build_app(
+        AppConfig(model=str(tiny_model_dir), jobs={"db_path": str(tmp_path / "j.sqlite3")})
+    )
     serve.run(app, name=name, route_prefix=f"/{name}")
     try:
         info = httpx.get(f"{serve_instance}/{name}/v1/model", timeout=60).json()

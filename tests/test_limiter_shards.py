@@ -42,8 +42,13 @@ def _remove_limiters_at_the_end(serve_instance: str) -> Iterator[None]:
 def config(shards: int = 1, **kw: object) -> RateLimitConfig:
     # A rate so slow that no token comes back during a test: every answer is the burst's.
     return RateLimitConfig.model_validate(
-        {"enabled": True, "default": {"rate": 0.001, "burst": 10}, "timeout_s": 30.0,
-         "shards": shards, **kw}
+        {
+            "enabled": True,
+            "default": {"rate": 0.001, "burst": 10},
+            "timeout_s": 30.0,
+            "shards": shards,
+            **kw,
+        }
     )
 
 

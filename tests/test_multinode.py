@@ -25,6 +25,7 @@ Linux-only (it reads /proc to find a node's processes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -43,7 +44,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
 from conftest import free_port
 from live import wait_for
 
@@ -134,19 +134,15 @@ class RayNode:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         for pid in self.pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         self.proc.poll()  # reap `ray start` if it died, so it is not left a zombie
 
     def stop(self, deadline: float) -> None:
         """Wait until `deadline` for the node to stop after `terminate()`, then SIGKILL what is
         left of it."""
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
         for _ in range(3):
             if not self.pids():
                 break
@@ -439,7 +435,9 @@ def _client(address: str) -> httpx.AsyncClient:
 def _probe(url: str) -> int | None:
     """One classify request from the probe address; its status, or None if it did not answer."""
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(local_address=PROBE_CLIENT), timeout=30) as c:
+        with httpx.Client(
+            transport=httpx.HTTPTransport(local_address=PROBE_CLIENT), timeout=30
+        ) as c:
             return c.post(f"{url}/v1/classify", json=BODY).status_code
     except httpx.HTTPError:
         return None
@@ -497,7 +495,10 @@ def test_the_shared_limit_holds_across_the_cluster(cluster: Cluster, deployed) -
         async with _client(BURST_CLIENT) as client:
             start = time.monotonic()
             answers = await asyncio.gather(
-                *(client.post(f"{cluster.http_url}/v1/classify", json=BODY) for _ in range(requests))
+                *(
+                    client.post(f"{cluster.http_url}/v1/classify", json=BODY)
+                    for _ in range(requests)
+                )
             )
             return [a.status_code for a in answers], time.monotonic() - start
 
@@ -509,7 +510,8 @@ def test_the_shared_limit_holds_across_the_cluster(cluster: Cluster, deployed) -
     assert COST <= admitted <= BURST + RATE * elapsed + COST, (admitted, elapsed, statuses)
     # One limiter actor for the whole app, whichever node and replica a request went through.
     limiters = [
-        a for a in cluster._get("/api/v0/actors?limit=1000&detail=false")["data"]["result"]["result"]
+        a
+        for a in cluster._get("/api/v0/actors?limit=1000&detail=false")["data"]["result"]["result"]
         if a.get("class_name") == "RateLimitActor" and a.get("state") == "ALIVE"
     ]
     assert len(limiters) == 1, limiters

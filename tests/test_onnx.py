@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from transformers import pipeline
-
 from live import SERVE_NAMESPACE, actor_modules, replica_names
 from parity import CASES, Case, as_list, assert_same_results
+from transformers import pipeline
+
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.core.nli import parse_labels
 from serve_app.core.requests import prepare_request
@@ -61,7 +61,9 @@ def onnx_engine(directory: Path, **settings: object) -> Engine:
 
 
 def results(engine: Engine, case: Case) -> list[dict]:
-    request = prepare_request(case.texts, case.labels, case.template, case.multi_label, LimitsConfig())
+    request = prepare_request(
+        case.texts, case.labels, case.template, case.multi_label, LimitsConfig()
+    )
     return [r.as_dict() for r in engine.classify(request).results]
 
 

@@ -19,20 +19,29 @@ def light_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.EnvBuilder(with_pip=True).create(env)
     # A copy of the tree, so the build writes nothing into the checkout.
     src = tmp_path_factory.mktemp("src")
-    subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(src / "t.tar"), "HEAD"], check=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(src / "t.tar"), "HEAD"],
+        check=True,
+    )
     subprocess.run(["tar", "-xf", str(src / "t.tar"), "-C", str(src)], check=True)
     # The working tree's own files, in case they are newer than HEAD (the package and its metadata).
-    subprocess.run(["cp", "-r", str(ROOT / "serve_app"), str(ROOT / "pyproject.toml"), str(src)], check=True)
+    subprocess.run(
+        ["cp", "-r", str(ROOT / "serve_app"), str(ROOT / "pyproject.toml"), str(src)], check=True
+    )
     done = subprocess.run(
         [str(env / "bin" / "pip"), "install", "-q", str(src)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return env
 
 
 def run(env: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(env / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(env / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_client_and_the_cli_work_without_torch_or_ray(light_env: Path) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from parity import CASES, LONG_TEXT, Case, as_list, assert_same_results
 from transformers import pipeline
 
-from parity import CASES, LONG_TEXT, Case, as_list, assert_same_results
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.core.errors import ClientError
 from serve_app.core.nli import classify_from_logits
@@ -35,7 +35,9 @@ def reference(tiny_model_dir: Path):
 
 
 def score(engine: Engine, case: Case) -> list[dict]:
-    request = prepare_request(case.texts, case.labels, case.template, case.multi_label, LimitsConfig())
+    request = prepare_request(
+        case.texts, case.labels, case.template, case.multi_label, LimitsConfig()
+    )
     return [r.as_dict() for r in engine.classify(request).results]
 
 
@@ -60,11 +62,15 @@ def test_scores_equal_the_pipeline(engine: Engine, reference, case: Case) -> Non
     assert_same_results(score(engine, case), ref)
 
 
-def test_small_token_budgets_split_batches_without_changing_scores(engine: Engine, reference) -> None:
+def test_small_token_budgets_split_batches_without_changing_scores(
+    engine: Engine, reference
+) -> None:
     case = next(c for c in CASES if c.name == "many_texts")
     request = prepare_request(case.texts, case.labels, case.template, False, LimitsConfig())
     scoring = engine.start(request)
-    results = engine.finish(scoring, list(engine.forward(scoring.todo, max_batch_tokens=64))).results
+    results = engine.finish(
+        scoring, list(engine.forward(scoring.todo, max_batch_tokens=64))
+    ).results
     ref = as_list(reference(case.texts, **case.pipeline_kwargs()))
     assert_same_results([r.as_dict() for r in results], ref)
 
@@ -83,7 +89,9 @@ def test_identical_pairs_are_computed_once_and_answered_for_each(tiny_model_dir:
     engine = make_engine(tiny_model_dir)
     counting = CountingBackend(engine.backend)
     engine.backend = counting
-    request = prepare_request(["same text"] * 3, ["a", "a"], "This example is {}.", False, LimitsConfig())
+    request = prepare_request(
+        ["same text"] * 3, ["a", "a"], "This example is {}.", False, LimitsConfig()
+    )
     result = engine.classify(request)
     assert result.pairs == 6 and counting.rows == 1  # six pairs asked, one forwarded
     assert all(r.scores == result.results[0].scores for r in result.results)
@@ -120,7 +128,9 @@ def test_other_label_maps_give_correct_scores(tmp_path: Path, label_order: tuple
     assert_same_results([single.as_dict()], [ref(texts[0], candidate_labels=labels)])
     if label_order[0] == "entailment":
         # The pipeline picks index -1 here, which is contradiction: equal in multi-label too.
-        assert_same_results([multi.as_dict()], [ref(texts[0], candidate_labels=labels, multi_label=True)])
+        assert_same_results(
+            [multi.as_dict()], [ref(texts[0], candidate_labels=labels, multi_label=True)]
+        )
 
 
 # -- tokenization: pairs assembled from parts tokenized once equal the pipeline's own ---------
@@ -137,7 +147,9 @@ TOKENIZATION_LABELS = ["technology", "a much longer label with several words", "
 
 
 @pytest.mark.parametrize("template", ["This example is {}.", "{}", "Topic: {} — or is it?"])
-def test_pairs_are_tokenized_exactly_as_the_pipeline_does(engine: Engine, reference, template: str) -> None:
+def test_pairs_are_tokenized_exactly_as_the_pipeline_does(
+    engine: Engine, reference, template: str
+) -> None:
     hyps = [template.format(label) for label in TOKENIZATION_LABELS]
     encoded = engine.tokenizer.encode(TOKENIZATION_TEXTS, [hyps] * len(TOKENIZATION_TEXTS))
     expected_pairs = []
@@ -175,8 +187,13 @@ def _bert_style_tokenizer(truncation_side: str = "right"):
         ("[SEP]", core.token_to_id("[SEP]")), ("[CLS]", core.token_to_id("[CLS]"))
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", sep_token="[SEP]", cls_token="[CLS]",
-        pad_token="[PAD]", mask_token="[MASK]", model_max_length=48,
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        cls_token="[CLS]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_max_length=48,
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
         truncation_side=truncation_side,
     )
@@ -187,8 +204,12 @@ def test_pair_assembly_matches_for_token_types_and_left_truncation(side: str) ->
     tokenizer = _bert_style_tokenizer(side)
     hyps = [f"This example is {label}." for label in TOKENIZATION_LABELS]
     pair_tokenizer = PairTokenizer(
-        tokenizer.backend_tokenizer, window=48, specials=tokenizer.num_special_tokens_to_add(pair=True),
-        truncation_side=side, pad_id=tokenizer.pad_token_id, uses_token_types=True,
+        tokenizer.backend_tokenizer,
+        window=48,
+        specials=tokenizer.num_special_tokens_to_add(pair=True),
+        truncation_side=side,
+        pad_id=tokenizer.pad_token_id,
+        uses_token_types=True,
     )
     encoded = pair_tokenizer.encode(TOKENIZATION_TEXTS, [hyps] * len(TOKENIZATION_TEXTS))
     expected = []
@@ -208,14 +229,20 @@ def test_each_text_can_have_its_own_labels(engine: Engine, reference) -> None:
     request = prepare_request(texts, labels, "This example is {}.", False, LimitsConfig(), top_k=2)
     result = engine.classify(request.with_candidates([[0, 2], [1, 3]]))
     assert result.pairs == 4
-    for text, kept, got in zip(texts, (["finance", "sports"], ["weather", "travel"]), result.results):
+    for text, kept, got in zip(
+        texts, (["finance", "sports"], ["weather", "travel"]), result.results
+    ):
         assert_same_results([got.as_dict()], [reference(text, candidate_labels=kept)])
 
 
 def test_a_hypothesis_that_fills_the_window_is_a_client_error(engine: Engine) -> None:
     long_label = " ".join(["word"] * engine.window)
     request = prepare_request(
-        ["short text"], [long_label], "This example is {}.", False, LimitsConfig(max_label_chars=10_000)
+        ["short text"],
+        [long_label],
+        "This example is {}.",
+        False,
+        LimitsConfig(max_label_chars=10_000),
     )
     with pytest.raises(ClientError, match="window"):
         engine.start(request)
@@ -229,7 +256,9 @@ def test_parallel_sub_batches_give_the_pipeline_scores(
     engine = make_engine(tiny_model_dir, forward_workers=workers, forward_tokens=tokens)
     assert engine.workers == workers
     for case in CASES:
-        assert_same_results(score(engine, case), as_list(reference(case.texts, **case.pipeline_kwargs())))
+        assert_same_results(
+            score(engine, case), as_list(reference(case.texts, **case.pipeline_kwargs()))
+        )
 
 
 def test_thread_plan_defaults_to_one_thread_per_cpu_sub_batch() -> None:

@@ -221,8 +221,12 @@ BAD_VALUES = [
     ("float_k", {"prefilter_top_k": 2.5}, 422, "invalid_request"),
     ("bool_k", {"prefilter_top_k": True}, 422, "invalid_request"),
     ("over_max_prefilter_labels", {"labels": TOO_MANY}, 413, "limit_exceeded"),
-    ("full_path_over_max_labels", {"labels": TAXONOMY, "prefilter_top_k": 0}, 413,
-     "limit_exceeded"),
+    (
+        "full_path_over_max_labels",
+        {"labels": TAXONOMY, "prefilter_top_k": 0},
+        413,
+        "limit_exceeded",
+    ),
 ]
 
 
@@ -333,9 +337,7 @@ def test_handle_futures_and_the_hf_route_give_the_http_results(pf_url: str) -> N
 # -- batching (redeploys the app: last) -----------------------------------------------------
 
 
-def test_texts_are_embedded_in_batches_retuned_live(
-    pf_app: tuple[str, Deploy], prefilter
-) -> None:
+def test_texts_are_embedded_in_batches_retuned_live(pf_app: tuple[str, Deploy], prefilter) -> None:
     url, deploy = pf_app
     texts = [f"{text} ({i})" for i, text in enumerate(TEXTS[:8])]  # new texts, all distinct
     prefilter.reset_stats.remote().result(timeout_s=60)

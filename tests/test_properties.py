@@ -29,9 +29,7 @@ def label_map(draw: st.DrawFn) -> tuple[int, NLILabelIndices]:
 
 
 @st.composite
-def logits_for_one_text(
-    draw: st.DrawFn, min_labels: int = 1
-) -> tuple[np.ndarray, NLILabelIndices]:
+def logits_for_one_text(draw: st.DrawFn, min_labels: int = 1) -> tuple[np.ndarray, NLILabelIndices]:
     n_classes, indices = draw(label_map())
     n_labels = draw(st.integers(min_labels, MAX_LABELS))
     values = draw(st.lists(LOGIT, min_size=n_labels * n_classes, max_size=n_labels * n_classes))

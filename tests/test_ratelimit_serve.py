@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import ray
-
 from live import wait_for
+
 from serve_app.config import RateLimitConfig
 from serve_app.core.errors import RateLimited, ServiceUnavailable
 from serve_app.core.keys import hash_key
@@ -153,8 +153,14 @@ async def load(
         while (sent := time.monotonic()) < deadline:
             response = await client.post(f"{url}/v1/classify", json=body)
             state.answers.append(
-                Answer(address, sent, time.monotonic(), response.status_code, response.headers,
-                       response.json())
+                Answer(
+                    address,
+                    sent,
+                    time.monotonic(),
+                    response.status_code,
+                    response.headers,
+                    response.json(),
+                )
             )
             if response.status_code != 200:
                 await asyncio.sleep(POLL_S * random.uniform(0.5, 1.5))
@@ -162,8 +168,10 @@ async def load(
     clients = {address: client_from(address) for address in addresses}
     try:
         await asyncio.gather(
-            *(one_client(clients[addresses[i % len(addresses)]], addresses[i % len(addresses)])
-              for i in range(CLIENTS))
+            *(
+                one_client(clients[addresses[i % len(addresses)]], addresses[i % len(addresses)])
+                for i in range(CLIENTS)
+            )
         )
     finally:
         for client in clients.values():

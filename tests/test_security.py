@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import ray
-
 from live import wait_for
+
 from serve_app.http.middleware.auth import SCHEME_NAME, hash_key
 
 pytestmark = pytest.mark.ray
@@ -86,7 +86,9 @@ def test_the_right_keys_are_served(url: str) -> None:
         assert response.status_code == 200, response.text
         assert_no_key_in(response)
     # A client mistake with a valid key: the error names the problem, never the key.
-    bad = httpx.post(f"{url}/v1/classify", json={"labels": ["a"]}, headers=bearer(ALICE), timeout=30)
+    bad = httpx.post(
+        f"{url}/v1/classify", json={"labels": ["a"]}, headers=bearer(ALICE), timeout=30
+    )
     assert bad.status_code == 422
     assert_no_key_in(bad)
 
@@ -173,14 +175,17 @@ def test_an_oversized_body_is_413_and_harmless(url: str) -> None:
         for _ in range(100):
             yield b"x" * 1024
 
-    streamed = httpx.post(
-        f"{url}/v1/classify", content=chunks(), headers=bearer(ALICE), timeout=30
-    )
+    streamed = httpx.post(f"{url}/v1/classify", content=chunks(), headers=bearer(ALICE), timeout=30)
     assert streamed.status_code == 413
     # Without a key the body is never read: 401 before any size check.
     anonymous = httpx.post(f"{url}/v1/classify", json=big, timeout=30)
     assert anonymous.status_code == 401
-    assert httpx.post(f"{url}/v1/classify", json=CLASSIFY, headers=bearer(ALICE), timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/v1/classify", json=CLASSIFY, headers=bearer(ALICE), timeout=60
+        ).status_code
+        == 200
+    )
 
 
 def test_a_deeply_nested_body_is_400_and_harmless(url: str) -> None:
@@ -202,7 +207,12 @@ def test_a_deeply_nested_body_is_400_and_harmless(url: str) -> None:
         timeout=30,
     )
     assert response.status_code == 400 and "max_json_depth" in response.text
-    assert httpx.post(f"{url}/v1/classify", json=CLASSIFY, headers=bearer(ALICE), timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{url}/v1/classify", json=CLASSIFY, headers=bearer(ALICE), timeout=60
+        ).status_code
+        == 200
+    )
 
 
 def raw_request_head(url: str, key: str | None, content_length: int) -> tuple[str, int, bytes]:
@@ -277,9 +287,7 @@ def test_slow_loris_bodies_time_out_while_others_are_served(url: str) -> None:
     release = threading.Event()
     with ThreadPoolExecutor(max_workers=n_slow + n_anonymous + n_half) as pool:
         slow = [pool.submit(slow_loris, url, ALICE, 60, event) for event in connected[:n_slow]]
-        anonymous = [
-            pool.submit(slow_loris, url, None, 60, event) for event in connected[n_slow:]
-        ]
+        anonymous = [pool.submit(slow_loris, url, None, 60, event) for event in connected[n_slow:]]
         half_heads = [pool.submit(partial_headers, url, release) for _ in range(n_half)]
         try:
             for event in connected:

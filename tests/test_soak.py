@@ -17,10 +17,10 @@ import time
 from collections import Counter
 
 import pytest
-
 from live import Outcome, SteadyLoad, actor_rss_mb, serving_actors, wait_for
-from serve_app.http.middleware.auth import hash_key
+
 from serve_app.deployments.limiter import ACTOR_NAMESPACE, actor_name
+from serve_app.http.middleware.auth import hash_key
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

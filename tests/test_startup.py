@@ -14,7 +14,9 @@ from serve_app.config import AppConfig
 from serve_app.devtools.test_models import build_test_model
 
 
-def test_unreachable_hub_fails_fast_naming_a_local_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_hub_fails_fast_naming_a_local_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(StartupError) as info:
         build_app(AppConfig(model="cross-encoder/some-model-not-in-the-cache"))
@@ -37,8 +39,19 @@ def test_serve_run_prints_one_line_not_a_traceback(tmp_path: Path) -> None:
     serve = Path(sys.executable).parent / "serve"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [str(serve), "run", "--name", "zsc", "serve_app.app:build_app", "model=org/not-cached-model"],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        [
+            str(serve),
+            "run",
+            "--name",
+            "zsc",
+            "serve_app.app:build_app",
+            "model=org/not-cached-model",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
     )
     assert done.returncode != 0
     output = done.stdout + done.stderr

@@ -22,13 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from conftest import free_port
 from serve_app.core.errors import ClientError
 from serve_app.jobs import webhooks
 from serve_app.jobs.models import JobError, JobWithResults
@@ -116,7 +116,9 @@ def test_events_are_small_and_serialize_stably() -> None:
     # Id, status and counts only: results, metadata and the URL stay on the job.
     assert event["data"] == {"id": "job_1", "status": "succeeded", "progress": PROGRESS}
     error = {"type": "classifier_error", "message": "boom"}
-    failed = webhooks.build_event("job.failed", JOB.model_copy(update={"state": "failed", "error": JobError(**error)}))
+    failed = webhooks.build_event(
+        "job.failed", JOB.model_copy(update={"state": "failed", "error": JobError(**error)})
+    )
     assert failed["data"]["error"] == error
 
     body = webhooks.serialize_event(event)
@@ -209,8 +211,9 @@ def receiver() -> Iterator[Receiver]:
     yield from _serve()
 
 
-def deliver(url: str, body: bytes, secret: str, timeout_s: float = 5,
-            allow_hosts: list[str] = LOCAL) -> webhooks.DeliveryResult:
+def deliver(
+    url: str, body: bytes, secret: str, timeout_s: float = 5, allow_hosts: list[str] = LOCAL
+) -> webhooks.DeliveryResult:
     return asyncio.run(webhooks.deliver(url, "msg_7", body, secret, timeout_s, allow_hosts))
 
 
@@ -311,8 +314,13 @@ def test_deliver_checks_the_url_again_and_sends_nothing_when_refused(receiver: R
 # ---- https: the socket goes to the checked IP, TLS still speaks to the name ---------------------
 
 
-def _certificate(name: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey,
-                 signer: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
+def _certificate(
+    name: str,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    signer: ec.EllipticCurvePrivateKey,
+    ca: bool,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     builder = (
         x509.CertificateBuilder()
@@ -464,7 +472,11 @@ def test_public_addresses_pass_as_resolved_targets() -> None:
     target = check_callback_url("HTTPS://93.184.216.34:8443/cb/x?a=1&b=2#frag", [])
     assert target == check_callback_url("https://93.184.216.34:8443/cb/x?a=1&b=2", [])
     assert (target.scheme, target.host, target.port, target.ip, target.path_with_query) == (
-        "https", "93.184.216.34", 8443, "93.184.216.34", "/cb/x?a=1&b=2"
+        "https",
+        "93.184.216.34",
+        8443,
+        "93.184.216.34",
+        "/cb/x?a=1&b=2",
     )
     plain = check_callback_url("http://93.184.216.34", [])
     assert (plain.port, plain.path_with_query) == (80, "/")

@@ -32,7 +32,6 @@ from serve_app.client.batch import (
     read_rows,
     run_batch,
 )
-from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.client.http import (
     DEFAULT_URL,
     AsyncZeroShotClient,
@@ -40,10 +39,13 @@ from serve_app.client.http import (
     ZeroShotClient,
     ZscHTTPError,
 )
+from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.devtools.kube import kube_app
 
 app = typer.Typer(help="zsc: zero-shot text classification on Ray Serve.", no_args_is_help=True)
-job_app = typer.Typer(help="Large inputs as server-side jobs (POST /v1/jobs).", no_args_is_help=True)
+job_app = typer.Typer(
+    help="Large inputs as server-side jobs (POST /v1/jobs).", no_args_is_help=True
+)
 export_app = typer.Typer(help="Export a local model for another backend.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 app.add_typer(kube_app, name="k8s")
@@ -67,7 +69,9 @@ class Connection:
 @app.callback()
 def connection_options(
     ctx: typer.Context,
-    url: str = typer.Option(DEFAULT_URL, "--url", envvar="ZSC_URL", help="Base URL of the service."),
+    url: str = typer.Option(
+        DEFAULT_URL, "--url", envvar="ZSC_URL", help="Base URL of the service."
+    ),
     api_key: str | None = typer.Option(
         None, "--api-key", envvar="ZSC_API_KEY", help="Sent as 'Authorization: Bearer KEY'."
     ),
@@ -127,10 +131,16 @@ def classify(
     ctx: typer.Context,
     texts: list[str] = typer.Argument(..., help="One or more texts to classify."),
     labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."),
-    multi_label: bool = typer.Option(False, "--multi-label", help="Score each label independently."),
+    template: str = typer.Option(
+        DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."
+    ),
+    multi_label: bool = typer.Option(
+        False, "--multi-label", help="Score each label independently."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the service's JSON answer."),
-    prefilter_top_k: int | None = typer.Option(None, "--prefilter-top-k", min=0, help=PREFILTER_HELP),
+    prefilter_top_k: int | None = typer.Option(
+        None, "--prefilter-top-k", min=0, help=PREFILTER_HELP
+    ),
 ) -> None:
     """Classify texts now (POST /v1/classify) and show each label's probability."""
     conn: Connection = ctx.obj
@@ -162,8 +172,12 @@ def batch(
     id_field: str = typer.Option(
         "id", "--id-field", help="Field or column copied to each output line when present."
     ),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."),
-    multi_label: bool = typer.Option(False, "--multi-label", help="Score each label independently."),
+    template: str = typer.Option(
+        DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."
+    ),
+    multi_label: bool = typer.Option(
+        False, "--multi-label", help="Score each label independently."
+    ),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight at once."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Texts per request."),
     retries: int = typer.Option(
@@ -173,7 +187,9 @@ def batch(
         help="Resends of a request that did not complete: 429/503 after Retry-After; a dropped "
         "connection, 502/504 or Serve's plain-text 500 with backoff.",
     ),
-    prefilter_top_k: int | None = typer.Option(None, "--prefilter-top-k", min=0, help=PREFILTER_HELP),
+    prefilter_top_k: int | None = typer.Option(
+        None, "--prefilter-top-k", min=0, help=PREFILTER_HELP
+    ),
 ) -> None:
     """Classify every row of a file, with a progress bar; rerun the same command to resume.
 
@@ -185,7 +201,9 @@ def batch(
     except BatchError as exc:
         raise fail(str(exc)) from None
     pending = [row for row in rows if row.index not in done]
-    settings = BatchSettings(labels, template, multi_label, batch_size, concurrency, prefilter_top_k)
+    settings = BatchSettings(
+        labels, template, multi_label, batch_size, concurrency, prefilter_top_k
+    )
 
     progress = Progress(
         TextColumn("classifying"),
@@ -252,18 +270,30 @@ def job_submit(
     file: Path | None = typer.Argument(
         None, exists=True, dir_okay=False, readable=True, help="Input: .txt, .jsonl or .csv."
     ),
-    texts: list[str] | None = typer.Option(None, "--text", "-x", help="A text (repeatable), instead of FILE."),
+    texts: list[str] | None = typer.Option(
+        None, "--text", "-x", help="A text (repeatable), instead of FILE."
+    ),
     labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
-    template: str = typer.Option(DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."),
-    multi_label: bool = typer.Option(False, "--multi-label", help="Score each label independently."),
-    text_field: str = typer.Option("text", "--text-field", help="Field or column holding the text."),
-    callback_url: str | None = typer.Option(None, "--callback-url", help="Webhook for the end event."),
+    template: str = typer.Option(
+        DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."
+    ),
+    multi_label: bool = typer.Option(
+        False, "--multi-label", help="Score each label independently."
+    ),
+    text_field: str = typer.Option(
+        "text", "--text-field", help="Field or column holding the text."
+    ),
+    callback_url: str | None = typer.Option(
+        None, "--callback-url", help="Webhook for the end event."
+    ),
     metadata: str | None = typer.Option(None, "--metadata", help="A JSON object kept on the job."),
     idempotency_key: str | None = typer.Option(
         None, "--idempotency-key", help="Resubmitting with the same key returns the same job."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the job's JSON instead of its id."),
-    prefilter_top_k: int | None = typer.Option(None, "--prefilter-top-k", min=0, help=PREFILTER_HELP),
+    prefilter_top_k: int | None = typer.Option(
+        None, "--prefilter-top-k", min=0, help=PREFILTER_HELP
+    ),
 ) -> None:
     """Submit texts as a job; prints the job id (for `zsc job wait`)."""
     conn: Connection = ctx.obj
@@ -313,7 +343,9 @@ def job_wait(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write one JSON line per result ({row, result}) here."
     ),
-    timeout_s: float | None = typer.Option(None, "--wait-timeout", help="Give up after this many seconds."),
+    timeout_s: float | None = typer.Option(
+        None, "--wait-timeout", help="Give up after this many seconds."
+    ),
     page_size: int | None = typer.Option(
         None, "--page-size", min=1, help="Results per request (default: the service's page size)."
     ),
@@ -336,7 +368,13 @@ def job_wait(
                 record = (
                     {"row": row, "result": result}
                     if result is not None
-                    else {"row": row, "error": {"type": "not_run", "message": f"the job ended ({job['state']}) first"}}
+                    else {
+                        "row": row,
+                        "error": {
+                            "type": "not_run",
+                            "message": f"the job ended ({job['state']}) first",
+                        },
+                    }
                 )
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         err_console.print(f"wrote {len(job['results'])} rows to {out}", highlight=False)
@@ -419,15 +457,17 @@ def export_onnx_command(
         typer.echo(f"wrote {path}")
     if quantize is not None:
         err_console.print(
-            f"serve it with: backend=onnx onnx_file={written[-1].relative_to(model_dir)}", highlight=False
+            f"serve it with: backend=onnx onnx_file={written[-1].relative_to(model_dir)}",
+            highlight=False,
         )
 
 
 @app.command("hash-key")
 def hash_key_command(
     key: str | None = typer.Argument(
-        None, help="The key. Omit it to type it hidden, or pipe it in: then it stays out of "
-        "shell history."
+        None,
+        help="The key. Omit it to type it hidden, or pipe it in: then it stays out of "
+        "shell history.",
     ),
 ) -> None:
     """Print an API key's 'sha256:<hex>' form for auth.api_key_hashes (the server keeps no keys)."""
@@ -447,11 +487,15 @@ def hash_key_command(
 
 @app.command("bench")
 def bench_command(
-    quick: bool = typer.Option(False, "--quick", help="A small run (under 2 minutes on an idle machine)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="A small run (under 2 minutes on an idle machine)."
+    ),
     backend: str = typer.Option(
         "torch", "--backend", help="torch (fp32), int8, onnx or onnx-int8: the served backend."
     ),
-    out: Path | None = typer.Option(None, "--out", help="Directory for JSON, Markdown and PNG (default: bench/results)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Directory for JSON, Markdown and PNG (default: bench/results)."
+    ),
 ) -> None:
     """Benchmark the service against its peers and a raw batched forward (bench/bench.py; minutes)."""
     import importlib.util
@@ -461,13 +505,20 @@ def bench_command(
         raise fail(f"--backend must be torch, int8, onnx or onnx-int8, not {backend!r}")
     script = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
     if not script.is_file():
-        raise fail(f"{script} not found", "zsc bench runs from a source checkout (pip install -e .)")
+        raise fail(
+            f"{script} not found", "zsc bench runs from a source checkout (pip install -e .)"
+        )
     spec = importlib.util.spec_from_file_location("zsc_bench", script)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench  # its dataclasses look their module up while being built
     spec.loader.exec_module(bench)
-    argv = ["--backend", backend, *(["--quick"] if quick else []), *(["--out", str(out)] if out else [])]
+    argv = [
+        "--backend",
+        backend,
+        *(["--quick"] if quick else []),
+        *(["--out", str(out)] if out else []),
+    ]
     raise typer.Exit(bench.main(argv))
 
 

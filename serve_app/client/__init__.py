@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
             raise
         raise ImportError(
             f"serve_app.client.{name} needs Ray: the handle helpers call a DeploymentHandle "
-            "inside a Ray cluster. Install the server extra: pip install \"zsc[serve]\" "
+            'inside a Ray cluster. Install the server extra: pip install "zsc[serve]" '
             "(ZeroShotClient and AsyncZeroShotClient need none of it)."
         ) from None
     return getattr(futures, name)

@@ -68,7 +68,9 @@ def read_rows(path: Path, text_field: str = "text", id_field: str = "id") -> lis
         return list(_jsonl_rows(path, text_field, id_field))
     if suffix == ".csv":
         return list(_csv_rows(path, text_field, id_field))
-    raise BatchError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}")
+    raise BatchError(
+        f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+    )
 
 
 def _txt_rows(path: Path) -> Iterator[Row]:
@@ -111,7 +113,12 @@ def _field_row(index: int, record: dict[str, Any], text_field: str, id_field: st
     row_id = record.get(id_field)
     text = record.get(text_field)
     if not isinstance(text, str) or not text.strip():
-        return Row(index, None, row_id, problem=f"field {text_field!r} is missing or not a non-empty string")
+        return Row(
+            index,
+            None,
+            row_id,
+            problem=f"field {text_field!r} is missing or not a non-empty string",
+        )
     return Row(index, text, row_id)
 
 
@@ -171,9 +178,7 @@ class _Writer:
         self.on_rows = on_rows
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        data = b"".join(
-            json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records
-        )
+        data = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
         self.f.write(data)
         self.f.flush()
         self.summary.written += len(records)
@@ -239,7 +244,9 @@ async def run_batch(
         writer = _Writer(f, summary, on_rows)
         unreadable = [row for row in pending if row.text is None]
         if unreadable:
-            writer.write([_error_record(row, "invalid_input", row.problem or "") for row in unreadable])
+            writer.write(
+                [_error_record(row, "invalid_input", row.problem or "") for row in unreadable]
+            )
         sendable = [row for row in pending if row.text is not None]
         size = settings.batch_size
         batches = iter([sendable[i : i + size] for i in range(0, len(sendable), size)])

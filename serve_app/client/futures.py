@@ -72,9 +72,11 @@ def _classify(
 ) -> DeploymentResponse:
     # Passed only when given: absent, the app's configured prefilter k applies.
     extra = {} if prefilter_top_k is None else {"prefilter_top_k": prefilter_top_k}
-    return handle.options(_by_reference=True).classify.remote(
+    response = handle.options(_by_reference=True).classify.remote(
         texts, labels, hypothesis_template=hypothesis_template, multi_label=multi_label, **extra
     )
+    assert isinstance(response, DeploymentResponse)  # classify is not a generator
+    return response
 
 
 async def _via_object_ref(response: DeploymentResponse) -> ClassifyBody:

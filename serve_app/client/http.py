@@ -298,7 +298,9 @@ class _Operations:
     def _post_json(self, path: str, body: dict[str, Any]) -> Steps[dict[str, Any]]:
         return _call(self.retry, "POST", path, json=body)
 
-    def _submit_job(self, body: dict[str, Any], idempotency_key: str | None) -> Steps[dict[str, Any]]:
+    def _submit_job(
+        self, body: dict[str, Any], idempotency_key: str | None
+    ) -> Steps[dict[str, Any]]:
         # Fixed here, once, so every resend of this submission carries the same key.
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return _call(self.retry, "POST", "/v1/jobs", json=body, headers=headers)
@@ -348,7 +350,8 @@ class ZeroShotClient(_Operations):
             try:
                 step = steps.send(outcome)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             if isinstance(step, _Sleep):
                 time.sleep(step.seconds)
                 outcome = None
@@ -467,7 +470,8 @@ class AsyncZeroShotClient(_Operations):
             try:
                 step = steps.send(outcome)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             if isinstance(step, _Sleep):
                 await asyncio.sleep(step.seconds)
                 outcome = None
@@ -518,7 +522,9 @@ class AsyncZeroShotClient(_Operations):
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         return await self._run(self._post(f"/v1/jobs/{job_id}/cancel"))
 
-    async def list_jobs(self, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+    async def list_jobs(
+        self, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
         return await self._run(self._get("/v1/jobs", **_list_params(limit, cursor)))
 
     async def wait_job(

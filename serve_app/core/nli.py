@@ -13,6 +13,7 @@ import numpy as np
 
 from serve_app.core.results import TextResult
 
+
 class ModelLabelError(ValueError):
     """The model's label map has no usable entailment label."""
 
@@ -70,9 +71,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def label_scores(
-    logits: np.ndarray, indices: NLILabelIndices, multi_label: bool
-) -> np.ndarray:
+def label_scores(logits: np.ndarray, indices: NLILabelIndices, multi_label: bool) -> np.ndarray:
     """Scores for one text from its (n_labels, n_classes) logits, in label order.
 
     Single-label: softmax of the entailment logits across labels. Multi-label, and any request

@@ -81,7 +81,9 @@ def resolve_top_k(asked: int | None, configured: int | None) -> int | None:
     if asked is None:
         return configured
     if isinstance(asked, bool) or not isinstance(asked, int) or asked < 0:
-        raise ClientError(f"prefilter_top_k must be an integer >= 0 (0 turns it off); got {asked!r}")
+        raise ClientError(
+            f"prefilter_top_k must be an integer >= 0 (0 turns it off); got {asked!r}"
+        )
     if asked == 0:
         return None
     if configured is None:

@@ -89,7 +89,11 @@ class Classifier:
         self.metrics.request_pairs.observe(len(scoring.rows))
         if scoring.keys is not None:
             add(self.metrics.cache_lookups, scoring.cache_hits, {"result": "hit"})
-            add(self.metrics.cache_lookups, len(scoring.rows) - scoring.cache_hits, {"result": "miss"})
+            add(
+                self.metrics.cache_lookups,
+                len(scoring.rows) - scoring.cache_hits,
+                {"result": "miss"},
+            )
         call_id = next(self._call_ids)
         queued_at = time.perf_counter()
         rows = await asyncio.gather(

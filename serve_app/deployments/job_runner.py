@@ -76,9 +76,9 @@ class JobRunner:
             is_transient=is_transient,
             # Jobs draw on their submitter's bucket chunk by chunk, waiting for tokens; they
             # never fail on the limit.
-            pay=None if limiter is None else (
-                lambda key, pairs: limiter.acquire_wait(key, limiter.cost_of(pairs))
-            ),
+            pay=None
+            if limiter is None
+            else (lambda key, pairs: limiter.acquire_wait(key, limiter.cost_of(pairs))),
             on_terminal=self.outbox.wake,
             secret=secret,
         )
@@ -105,7 +105,9 @@ class JobRunner:
         metadata: dict[str, object] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        return self.scheduler.submit(request, owner, rate_key, callback_url, metadata, idempotency_key)
+        return self.scheduler.submit(
+            request, owner, rate_key, callback_url, metadata, idempotency_key
+        )
 
     async def get(
         self, job_id: str, owner: str | None, page: int = 1, page_size: int | None = None

@@ -276,9 +276,7 @@ class RateLimitClient:
         self._app_name = app_name
         self._last_warning = -WARN_EVERY_S
         self._metrics = LimiterMetrics()
-        self._shards = [
-            _Shard(i, config, app_name, self._metrics) for i in range(config.shards)
-        ]
+        self._shards = [_Shard(i, config, app_name, self._metrics) for i in range(config.shards)]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (RateLimitClient, (self._config, self._app_name))

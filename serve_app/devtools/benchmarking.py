@@ -67,7 +67,6 @@ family relationships parenting pets cars real-estate urgent complaint praise que
 """.split()
 
 
-
 @dataclass(frozen=True)
 class Item:
     text: str
@@ -111,7 +110,9 @@ def describe_workload(items: Sequence[Item], pairs: Sequence[Sequence[Pair]]) ->
     return {
         "texts": len(items),
         "pairs": len(flat),
-        "texts_per_label_count": {str(k): sum(len(i.labels) == k for i in items) for k in LABEL_COUNTS},
+        "texts_per_label_count": {
+            str(k): sum(len(i.labels) == k for i in items) for k in LABEL_COUNTS
+        },
         "text_tokens": {
             "min": min(i.tokens for i in items),
             "mean": round(float(np.mean([i.tokens for i in items])), 1),
@@ -139,7 +140,9 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     """CPU seconds used so far by this process and all its descendants: the driver, and the
     Ray processes it started (GCS, raylet, Serve's controller, proxy and replicas)."""
     root = root or os.getpid()
-    stats = {int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(p.name))}
+    stats = {
+        int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(p.name))
+    }
     children: dict[int, list[int]] = defaultdict(list)
     for pid, (ppid, _) in stats.items():
         children[ppid].append(pid)
@@ -222,7 +225,9 @@ class Tally:
             "cpu_share": round(cpu / (wall * cpus), 3),
             "cpu_norm_pairs_per_s": round(
                 statistics.median(r.pairs / (r.cpu_s / cpus) for r in self.rounds if r.cpu_s > 0), 3
-            ) if cpu > 0 else None,
+            )
+            if cpu > 0
+            else None,
             "p50_ms": round(float(np.percentile(lat, 50)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1),
             "requests": int(sum(len(r.latencies_s) for r in self.rounds)),
@@ -233,9 +238,11 @@ class Tally:
             n = sum(b["batches"] for b in batches)
             out["batches"] = n
             out["mean_pairs_per_batch"] = round(
-                sum(b["mean_pairs_per_batch"] * b["batches"] for b in batches) / n, 2)
+                sum(b["mean_pairs_per_batch"] * b["batches"] for b in batches) / n, 2
+            )
             out["mean_calls_per_batch"] = round(
-                sum(b["mean_calls_per_batch"] * b["batches"] for b in batches) / n, 2)
+                sum(b["mean_calls_per_batch"] * b["batches"] for b in batches) / n, 2
+            )
         return out
 
 
@@ -256,7 +263,9 @@ def use_threads(engine: Engine) -> None:
 def encode_items(engine: Engine, items: Sequence[Item]) -> list[list[Pair]]:
     """Each item's pairs, tokenized as the service tokenizes them."""
     return [
-        engine.tokenizer.encode([i.text], [[DEFAULT_TEMPLATE.format(label) for label in i.labels]]).pairs
+        engine.tokenizer.encode(
+            [i.text], [[DEFAULT_TEMPLATE.format(label) for label in i.labels]]
+        ).pairs
         for i in items
     ]
 
@@ -329,11 +338,15 @@ def batch_size_sweep(
                 walls[name][bs] += wall
                 logits_by_model.setdefault(name, logits)
     n_pairs = sum(map(len, pairs))
-    pairs_per_s = {name: {bs: 2 * n_pairs / w for bs, w in by_bs.items()} for name, by_bs in walls.items()}
+    pairs_per_s = {
+        name: {bs: 2 * n_pairs / w for bs, w in by_bs.items()} for name, by_bs in walls.items()
+    }
     return pairs_per_s, logits_by_model
 
 
-def thread_pool(model: Any, pairs: Sequence[Sequence[Pair]], workers: int) -> tuple[float, list[float]]:
+def thread_pool(
+    model: Any, pairs: Sequence[Sequence[Pair]], workers: int
+) -> tuple[float, list[float]]:
     """(a): one forward per text, its labels as one small batch, in a pool of threads.
     Texts are tokenized beforehand (fast tokenizers are not thread-safe), which favours (a)."""
 
@@ -360,7 +373,9 @@ def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[flo
     latencies = []
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)  # the pipeline as users run it: torch's default threads
+    torch.set_num_threads(
+        os.cpu_count() or 1
+    )  # the pipeline as users run it: torch's default threads
     started = now()
     for labels, indices in groups.items():
 
@@ -370,7 +385,9 @@ def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[flo
                 yield items[i].text
 
         outputs = pipe(
-            texts(), candidate_labels=list(labels), hypothesis_template=DEFAULT_TEMPLATE,
+            texts(),
+            candidate_labels=list(labels),
+            hypothesis_template=DEFAULT_TEMPLATE,
             batch_size=batch_size,
         )
         for i, _ in zip(indices, outputs):
@@ -408,7 +425,9 @@ async def closed_loop(
     return now() - started, latencies, answered_pairs, errors
 
 
-async def http_run(url: str, items: Iterable[Item], clients: int) -> tuple[float, list[float], int, int]:
+async def http_run(
+    url: str, items: Iterable[Item], clients: int
+) -> tuple[float, list[float], int, int]:
     import httpx
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -426,7 +445,9 @@ async def http_run(url: str, items: Iterable[Item], clients: int) -> tuple[float
         return await closed_loop(send, items, clients)
 
 
-async def handle_run(handle: Any, items: Sequence[Item], callers: int) -> tuple[float, list[float], int, int]:
+async def handle_run(
+    handle: Any, items: Sequence[Item], callers: int
+) -> tuple[float, list[float], int, int]:
     async def send(item: Item) -> bool:
         body = await handle.classify.remote(texts=[item.text], labels=list(item.labels))
         return len(body["results"][0]["scores"]) == len(item.labels)
@@ -466,7 +487,9 @@ def loadavg() -> list[float]:
         return []
 
 
-def max_score_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], indices: Any) -> dict[str, float]:
+def max_score_difference(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], indices: Any
+) -> dict[str, float]:
     """Largest |score| difference between two backends' logits, single- and multi-label."""
     from serve_app.core.nli import label_scores
 
@@ -491,5 +514,3 @@ def max_score_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], indic
 
 def ratio(x: float | None, y: float | None) -> str:
     return f"{x / y:.2f}x" if x and y else "—"
-
-

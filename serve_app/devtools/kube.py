@@ -45,8 +45,15 @@ def serve_config_v2(deploy_config_path: Path = DEPLOY_CONFIG) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
-def _container(name: str, image: str, cpu: str, memory: str, extra_limits: dict[str, Any] | None = None,
-               ports: list[dict[str, Any]] | None = None, mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _container(
+    name: str,
+    image: str,
+    cpu: str,
+    memory: str,
+    extra_limits: dict[str, Any] | None = None,
+    ports: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory, **(extra_limits or {})}
     container: dict[str, Any] = {
         "name": name,
@@ -66,7 +73,10 @@ def _container(name: str, image: str, cpu: str, memory: str, extra_limits: dict[
 
 def render_rayservice(deploy_config_path: Path = DEPLOY_CONFIG) -> dict[str, Any]:
     head = _container(
-        "ray-head", IMAGE, "2", "8Gi",
+        "ray-head",
+        IMAGE,
+        "2",
+        "8Gi",
         ports=[
             {"containerPort": 6379, "name": "gcs"},
             {"containerPort": 8265, "name": "dashboard"},
@@ -79,7 +89,12 @@ def render_rayservice(deploy_config_path: Path = DEPLOY_CONFIG) -> dict[str, Any
     # Replicas run on the workers, so their metrics are scraped there too.
     cpu_worker = _container("ray-worker", IMAGE, "4", "8Gi", ports=[METRICS_PORT])
     gpu_worker = _container(
-        "ray-worker", GPU_IMAGE, "8", "32Gi", extra_limits={"nvidia.com/gpu": 1}, ports=[METRICS_PORT]
+        "ray-worker",
+        GPU_IMAGE,
+        "8",
+        "32Gi",
+        extra_limits={"nvidia.com/gpu": 1},
+        ports=[METRICS_PORT],
     )
     return {
         "apiVersion": "ray.io/v1",
@@ -98,7 +113,10 @@ def render_rayservice(deploy_config_path: Path = DEPLOY_CONFIG) -> dict[str, Any
                         "spec": {
                             "containers": [head],
                             "volumes": [
-                                {"name": JOBS_VOLUME, "persistentVolumeClaim": {"claimName": JOBS_VOLUME}}
+                                {
+                                    "name": JOBS_VOLUME,
+                                    "persistentVolumeClaim": {"claimName": JOBS_VOLUME},
+                                }
                             ],
                         }
                     },
@@ -122,7 +140,11 @@ def render_rayservice(deploy_config_path: Path = DEPLOY_CONFIG) -> dict[str, Any
                             "spec": {
                                 "containers": [gpu_worker],
                                 "tolerations": [
-                                    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                                    {
+                                        "key": "nvidia.com/gpu",
+                                        "operator": "Exists",
+                                        "effect": "NoSchedule",
+                                    }
                                 ],
                             }
                         },

@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_LABEL_ORDER = ("contradiction", "entailment", "neutral")
 
 # A few KB of varied English to train the BPE vocabulary on: enough merges that ordinary
 # words become a handful of tokens, as with a real tokenizer.
-_CORPUS = """
+_CORPUS = (
+    """
 The quick brown fox jumps over the lazy dog. This example is about sports, politics, technology,
 business, health, science, travel, food, music, movies, weather, finance and education.
 The new phone's battery lasts two days and the camera takes sharp pictures at night.
@@ -41,7 +43,9 @@ A delayed flight left hundreds of travellers stranded at the airport overnight.
 The museum opens a new exhibition of modern art from young painters next month.
 Engineers are testing an electric car that charges in ten minutes and drives far.
 This example is positive. This example is negative. This example is neutral. urgent, not urgent.
-""" * 3
+"""
+    * 3
+)
 
 _SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -83,11 +87,12 @@ def _build_wordpiece_tokenizer(out: Path, vocab_size: int, max_length: int) -> N
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.train_from_iterator(
-        _CORPUS.splitlines(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+        _CORPUS.splitlines(),
+        trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials),
     )
-    core.post_processor = processors.BertProcessing(
-        ("[SEP]", core.token_to_id("[SEP]")), ("[CLS]", core.token_to_id("[CLS]"))
-    )
+    sep, cls = core.token_to_id("[SEP]"), core.token_to_id("[CLS]")
+    assert sep is not None and cls is not None  # trained in as special tokens above
+    core.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token="[UNK]",
@@ -131,7 +136,7 @@ def build_test_model(
     if max_length is None:
         max_length = 512 if full_size else 64
     id2label = {i: name for i, name in enumerate(label_order)}
-    labels = dict(
+    labels: dict[str, Any] = dict(
         num_labels=len(id2label),
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
@@ -140,10 +145,20 @@ def build_test_model(
         initializer_range=0.02 if full_size else 0.5,
     )
     # cross-encoder/nli-MiniLM2-L6-H768: RoBERTa, 6 layers, hidden 768, 82.1M parameters.
-    full = dict(vocab_size=50265, hidden_size=768, num_hidden_layers=6, num_attention_heads=12,
-                intermediate_size=3072)
-    tiny = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64)
+    full: dict[str, Any] = dict(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=3072,
+    )
+    tiny: dict[str, Any] = dict(
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     shape = full if full_size else tiny
     if arch == "bert":
         _build_wordpiece_tokenizer(out, vocab_size=1000, max_length=max_length)
@@ -151,7 +166,7 @@ def build_test_model(
             **shape, max_position_embeddings=max_length, pad_token_id=0, type_vocab_size=2, **labels
         )
         torch.manual_seed(seed)
-        model = BertForSequenceClassification(bert)
+        model: Any = BertForSequenceClassification(bert)
     else:
         _build_tokenizer(out, vocab_size=1000, max_length=max_length)
         roberta = RobertaConfig(

@@ -37,9 +37,7 @@ class LabelLookup:
     misses: int
 
 
-def top_k_indices(
-    text_vectors: np.ndarray, label_vectors: np.ndarray, k: int
-) -> list[list[int]]:
+def top_k_indices(text_vectors: np.ndarray, label_vectors: np.ndarray, k: int) -> list[list[int]]:
     """For each text, the indices (ascending) of the k labels most similar to it.
 
     Cosine similarity of unit vectors. Labels scoring above a text's k-th highest score are
@@ -84,8 +82,8 @@ class BiEncoder:
         self.name = name
         self.source = source
         self.device = TorchBackend.pick_device(device)
-        self.dtype = dtype if dtype != "auto" else (
-            "float16" if self.device == "cuda" else "float32"
+        self.dtype = (
+            dtype if dtype != "auto" else ("float16" if self.device == "cuda" else "float32")
         )
         # The replica's own process: its intra-op threads follow its CPUs (Ray's
         # OMP_NUM_THREADS, from num_cpus), as the Classifier's do.

@@ -190,7 +190,9 @@ class Engine:
                 except IndexError:
                     return
                 batch = pad(
-                    [pairs[i] for i in chunk], self.tokenizer.pad_id, self.tokenizer.uses_token_types
+                    [pairs[i] for i in chunk],
+                    self.tokenizer.pad_id,
+                    self.tokenizer.uses_token_types,
                 )
                 started = time.perf_counter()
                 out[chunk] = self.backend.forward(batch)

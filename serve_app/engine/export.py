@@ -36,7 +36,9 @@ def export_onnx(model_dir: str | Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
     names = [
-        n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names
+        n
+        for n in ("input_ids", "attention_mask", "token_type_ids")
+        if n in tokenizer.model_input_names
     ]
 
     class Logits(torch.nn.Module):
@@ -57,7 +59,9 @@ def export_onnx(model_dir: str | Path) -> Path:
         padding=True,
         return_tensors="pt",
     )
-    dynamic_axes: dict[str, dict[int, str]] = {n: {0: "batch_size", 1: "sequence_length"} for n in names}
+    dynamic_axes: dict[str, dict[int, str]] = {
+        n: {0: "batch_size", 1: "sequence_length"} for n in names
+    }
     dynamic_axes["logits"] = {0: "batch_size"}
     with torch.no_grad():
         torch.onnx.export(

@@ -34,7 +34,9 @@ def length_buckets(order: Sequence[int], pairs: Sequence[Pair], budget: int) -> 
     return buckets
 
 
-def balanced(order: Sequence[int], pairs: Sequence[Pair], buckets: int, workers: int) -> list[list[int]]:
+def balanced(
+    order: Sequence[int], pairs: Sequence[Pair], buckets: int, workers: int
+) -> list[list[int]]:
     """Cut length-sorted indices into at most a multiple of `workers` runs of about equal cost.
 
     Runs of equal cost keep the threads busy to the end: with the budget's own cut, a batch of

@@ -54,7 +54,11 @@ def load_hf_tokenizer(source: str, revision: str | None) -> Any:
     import transformers
 
     config_file = Path(source) / "tokenizer_config.json"
-    name = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    name = (
+        json.loads(config_file.read_text()).get("tokenizer_class")
+        if config_file.is_file()
+        else None
+    )
     tokenizer_class = getattr(transformers, name, None) if isinstance(name, str) else None
     if tokenizer_class is None:
         tokenizer_class = transformers.AutoTokenizer
@@ -129,7 +133,9 @@ class PairTokenizer:
         Jobs call this at submission, so the mistake is a 4xx then instead of a failed job."""
         for hyp, encoding in zip(hyps, self.hypotheses(hyps)):
             if self.window - len(encoding) - self._specials <= 0:
-                raise hypothesis_too_long(self.window, f"{hyp[:60]!r} alone leaves no room for the text")
+                raise hypothesis_too_long(
+                    self.window, f"{hyp[:60]!r} alone leaves no room for the text"
+                )
 
     def encode(self, texts: Sequence[str], hyp_sets: Sequence[Sequence[str]]) -> EncodedRequest:
         """Pairs of each text with each of its hypotheses (`hyp_sets[i]` for `texts[i]`)."""

@@ -21,7 +21,9 @@ class Admission(Protocol):
         ...
 
 
-async def admit(limiter: Admission | None, request: Request, response: Response, pairs: int) -> None:
+async def admit(
+    limiter: Admission | None, request: Request, response: Response, pairs: int
+) -> None:
     """Charge the caller's bucket for `pairs` pairs; the decision's headers go on the answer.
 
     Called after validation, so a malformed request is a 4xx that costs no tokens."""

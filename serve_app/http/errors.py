@@ -27,9 +27,13 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
         return 400, "invalid_json", "the body is not valid JSON; send a JSON object"
     not_an_object = {"model_attributes_type", "dict_type", "missing"}
     if any(tuple(e.get("loc", ())) == ("body",) and e.get("type") in not_an_object for e in errors):
-        return 400, "invalid_json", (
-            "the body must be a JSON object (Content-Type: application/json), "
-            'e.g. {"text": "...", "labels": ["a", "b"]}'
+        return (
+            400,
+            "invalid_json",
+            (
+                "the body must be a JSON object (Content-Type: application/json), "
+                'e.g. {"text": "...", "labels": ["a", "b"]}'
+            ),
         )
     parts = []
     for e in errors[:5]:

@@ -66,15 +66,21 @@ class Outbox:
                 ok, status, error = result.ok, result.status_code, result.error
             except Exception as exc:  # a refused URL or a bug must not lose the event
                 ok, status, error = False, None, f"{type(exc).__name__}: {exc}"
-        delay = None if ok else webhooks.next_attempt_delay(
-            self.config.retry_schedule_s, delivery.attempts + 1
+        delay = (
+            None
+            if ok
+            else webhooks.next_attempt_delay(self.config.retry_schedule_s, delivery.attempts + 1)
         )
         state = self.store.record_attempt(
             delivery.event_id, ok, status, error, None if delay is None else time.time() + delay
         )
         log.info(
             "webhook %s for job %s: attempt %d %s (%s)",
-            delivery.event_id, delivery.job_id, delivery.attempts + 1, state, status or error,
+            delivery.event_id,
+            delivery.job_id,
+            delivery.attempts + 1,
+            state,
+            status or error,
         )
 
     def _delivery_done(self, task: asyncio.Task[None]) -> None:

@@ -11,6 +11,7 @@ injected by the JobRunner deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -22,11 +23,16 @@ from typing import Any, Literal
 from serve_app.config import JobsConfig
 from serve_app.core.errors import ClientError
 from serve_app.core.requests import PreparedRequest
-from serve_app.core.results import Classification
+from serve_app.core.results import Classification, TextResult
 from serve_app.jobs import webhooks
-from serve_app.core.results import TextResult
 from serve_app.jobs.models import Job, JobList, JobWithResults, ResultsPage
-from serve_app.jobs.store import TERMINAL_STATES, IdempotencyConflict, JobStore, JobWork, OutboxEvent
+from serve_app.jobs.store import (
+    TERMINAL_STATES,
+    IdempotencyConflict,
+    JobStore,
+    JobWork,
+    OutboxEvent,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -47,10 +53,8 @@ def chunk_backoff_s(attempt: int) -> float:
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
 
 
 @dataclass
@@ -148,7 +152,9 @@ class JobScheduler:
             self._wake.set()
         return job
 
-    def get(self, job_id: str, owner: str | None, page: int, page_size: int | None) -> JobWithResults | None:
+    def get(
+        self, job_id: str, owner: str | None, page: int, page_size: int | None
+    ) -> JobWithResults | None:
         """The job (None if the owner has no such job); once it has ended, one page of its
         results (None for texts never run)."""
         job = self.store.get_job(job_id, owner)
@@ -229,9 +235,11 @@ class JobScheduler:
     async def _run_chunks(self, active: _ActiveJob, work: JobWork) -> None:
         for index in work.missing_chunks:
             chunk = chunk_request(work, index)
-            if self.pay is not None:
-                if not await _unless_stopped(active, self.pay(work.rate_key, chunk.pairs)):
-                    break
+            paid = self.pay is None or await _unless_stopped(
+                active, self.pay(work.rate_key, chunk.pairs)
+            )
+            if not paid:
+                break
             await self._chunk_slots.acquire()
             if active.stopped.is_set():
                 self._chunk_slots.release()
@@ -254,7 +262,12 @@ class JobScheduler:
                 delay = chunk_backoff_s(attempt)
                 log.warning(
                     "job %s chunk %d: %s; retrying in %.1f s (attempt %d of %d)",
-                    job_id, index, type(exc).__name__, delay, attempt + 1, CHUNK_ATTEMPTS,
+                    job_id,
+                    index,
+                    type(exc).__name__,
+                    delay,
+                    attempt + 1,
+                    CHUNK_ATTEMPTS,
                 )
                 await asyncio.sleep(delay)
                 attempt += 1

@@ -151,7 +151,9 @@ def _resolve(host: str, port: int) -> list[IPAddress]:
     # turns them into the address a connection would really reach, which is what gets checked.
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     # A zone id ("fe80::1%eth0") is not part of the address; link-local is refused either way.
-    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+    return list(
+        dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+    )
 
 
 def check_callback_url(url: str, allow_hosts: list[str]) -> ResolvedTarget:

@@ -37,7 +37,6 @@ from serve_app.jobs.models import (
     WebhookDelivery,
 )
 
-
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 TERMINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
 
@@ -436,9 +435,7 @@ class JobStore:
             )
             return self._queue_event(job_id, event, now)
 
-    def _queue_event(
-        self, job_id: str, event: EventFactory | None, now: float | None
-    ) -> Job:
+    def _queue_event(self, job_id: str, event: EventFactory | None, now: float | None) -> Job:
         view = self._view(job_id)
         if event is None or view.callback_url is None:
             return view

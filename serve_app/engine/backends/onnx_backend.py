@@ -32,7 +32,9 @@ def onnx_path(source: str, onnx_file: str) -> Path:
 class OnnxBackend:
     name = "onnx"
 
-    def __init__(self, session: ort.InferenceSession, path: Path, device: str, threads: int) -> None:
+    def __init__(
+        self, session: ort.InferenceSession, path: Path, device: str, threads: int
+    ) -> None:
         self.session = session
         self.path = path
         self.device = device
@@ -40,7 +42,9 @@ class OnnxBackend:
         self._inputs = {i.name for i in session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
-            raise ModelLoadError(f"{path} lacks the inputs {sorted(missing)}: not a text classifier")
+            raise ModelLoadError(
+                f"{path} lacks the inputs {sorted(missing)}: not a text classifier"
+            )
         self._output = next(
             (o.name for o in session.get_outputs() if o.name == "logits"),
             session.get_outputs()[0].name,

@@ -71,7 +71,7 @@ class ApiKeys:
         self._digests = dict(digests)
 
     @classmethod
-    def from_config(cls, config: AuthConfig, environ: Mapping[str, str]) -> "ApiKeys":
+    def from_config(cls, config: AuthConfig, environ: Mapping[str, str]) -> ApiKeys:
         """Configured hashes plus the keys in `environ[config.api_keys_env]`, hashed now."""
         hashes = dict(config.api_key_hashes)
         from_env = _parse_env_keys(environ.get(config.api_keys_env, ""), config.api_keys_env)
@@ -99,7 +99,8 @@ class ApiKeys:
 
 def bearer_token(scope: Scope) -> bytes | None:
     """The key as sent (raw bytes: a UTF-8 key hashes the same as in `hash_key`)."""
-    for header, value in scope.get("headers", []):
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for header, value in headers:
         if header == b"authorization":
             scheme, _, token = value.partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():

@@ -160,7 +160,7 @@ def hf_router(svc: Services) -> APIRouter:
             "zero_shot_classification` posts (and the inference toolkit's payload, "
             "`candidateLabels` included): for one input, a list of {label, score} sorted by "
             "score; for a list of inputs, one such list per input. Scores equal /v1/classify's; "
-            "errors are its `{\"error\": {\"type\", \"message\"}}` with the same statuses.",
+            'errors are its `{"error": {"type", "message"}}` with the same statuses.',
             operation_id=operation_id,
         )
     return router
