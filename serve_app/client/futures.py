@@ -1,44 +1,9 @@
 """Python futures with callbacks over a `DeploymentHandle` to the `zsc` app.
 
-`handle.classify.remote(...)` returns a `DeploymentResponse`; its `ObjectRef` has `.future()`, a
-real `concurrent.futures.Future`, so callers get `add_done_callback`, `as_completed` and `wait`
-from the standard library. Each future's result is the `POST /v1/classify` body
-(`{"model", "results", "usage"}`); a rejected request (say, an empty label list) is the future's
-exception, so `future.exception()` in a callback sees it and `future.result()` raises it.
-
-Things to know (measured on Ray 2.60):
-
-- `_to_object_ref*` needs a by-reference handle. `RAY_SERVE_THROUGHPUT_OPTIMIZED=1` makes
-  handles by-value by default, so every call here asks for `_by_reference=True` itself.
-- `submit` blocks until a replica accepts the request (not until it answers); with every
-  replica's queue full that wait can be long.
-- Callbacks of `submit` run on a Ray thread, not on yours (or at once in yours, if the future
-  is already done when the callback is added): keep them short and thread-safe.
-  Inside a running event loop, use `submit_async`: its asyncio future settles on the loop (the
-  result is handed over with `call_soon_threadsafe`), so its callbacks may touch asyncio state.
-  `submit` also works inside a running loop (where Ray forbids the blocking
-  `_to_object_ref_sync`): it then places the request from a task on that loop, and the
-  callbacks run on the loop's thread.
-- Cancelling a `submit` future only stops you from waiting (Ray's futures cannot stop work);
-  cancelling a `submit_async` future also cancels the request, best effort.
-
-Example::
-
-    import concurrent.futures as cf
-    from ray import serve
-    from serve_app.client.futures import submit_many
-
-    handle = serve.get_app_handle("zsc")
-
-    def show(future: cf.Future) -> None:
-        if future.exception() is not None:
-            print("failed:", future.exception())
-        else:
-            result = future.result()["results"][0]
-            print(result["sequence"], "->", result["labels"][0])
-
-    futures = submit_many(handle, texts, ["sports", "politics"], callback=show)
-    cf.wait(futures)  # or: for future in cf.as_completed(futures): ...
+`submit` returns a `concurrent.futures.Future` (from the response's `ObjectRef.future()`) of the
+`POST /v1/classify` body, so `add_done_callback`, `as_completed` and `wait` come from the standard
+library; `submit_async` an asyncio future that settles on the caller's loop. What to know about
+threads, blocking and cancelling: README, "Python futures with callbacks".
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """Python HTTP client of the zsc service: `ZeroShotClient` (sync) and `AsyncZeroShotClient`.
 
-Both speak the public HTTP contract (README, "Use it"). Every operation is written once, as a
-generator of steps (`_Send` a request, `_Sleep`) that knows nothing of sockets; the two classes
-only drive those steps, with `httpx.Client` + `time.sleep` or `httpx.AsyncClient` +
-`asyncio.sleep`. So the retry rule, the polling and the paging cannot drift apart.
-
-Retries. Every zsc request is safe to send again: classification is a pure function of its
-input, reads are reads, a cancel is idempotent, and a job submission carries an
-`Idempotency-Key` (generated unless given) so that a resent submission returns the same job.
-So an answer that says the request was not completed is resent, at most `max_retries` times:
-- 429 (rate limited) and 503 (overloaded, a replica being replaced): after `Retry-After`;
-- 502/504 (a gateway in front lost its upstream), a connection refused or dropped mid-answer
-  (a replica or node restarting), and a 500 outside zsc's JSON error envelope: Ray Serve's
-  proxy answers that plain-text 500 for the requests inside an ingress replica that died
-  (zsc's own 500s are JSON, type `internal_error`, and are not retried: they would repeat);
-  after an exponential backoff.
-Waits get a little jitter, so clients refused together do not return together.
-
-    with ZeroShotClient("http://127.0.0.1:8000") as zsc:
-        body = zsc.classify("The battery lasts two days.", ["tech", "sports"])
-        body["results"][0]["labels"]  # sorted by score, like the transformers pipeline
+Every operation is written once, as a generator of steps (`_Send` a request, `_Sleep`) that knows
+nothing of sockets; the two classes only drive those steps, so the retry rule, the polling and
+the paging cannot drift apart. Every zsc request is safe to send again, so what did not complete
+is resent: 429/503 after `Retry-After`; 502/504, a dropped connection and Serve's plain-text 500
+with backoff; never zsc's own JSON 500 (docs/OPERATIONS.md, "Failures").
 """
 
 from __future__ import annotations

@@ -12,19 +12,9 @@ within `coalesce_window_s` of the last one) into one call that decides them in a
 (`RateLimiter.try_acquire_many`: the same decisions as one call each). A lone admission with
 nothing in flight goes out at once, so light load pays no window.
 
-Why detached named actors and not 2.60 deployment-scoped actors:
-- reach: a deployment-scoped actor is resolved with `serve.get_deployment_actor`, which works only
-  inside replicas of the deployment that declares it; the JobRunner is another deployment and
-  must draw from the same buckets. A named actor is found by name from any process.
-- recovery: Serve recreates a dead deployment-scoped actor only after its next health check
-  (every ~10 s) and marks the deployment UNHEALTHY meanwhile. Here the first caller that finds
-  a shard dead creates it again at once (`get_if_exists=True` makes that race-free across
-  replicas), and `max_restarts=-1` brings it back in place after a crash of its process.
-- cost: it outlives `serve delete`/`serve.shutdown()` (one idle process per shard, no CPU
-  reserved) and a restart starts its buckets full; both are accepted for a limiter.
-Names carry the application's name, so two apps in one cluster never share buckets: shard 0 is
-`zsc-ratelimit:<app>` (the name before sharding), shard i `zsc-ratelimit:<app>:<i>`. The
-namespace is explicit, so replicas (namespace "serve"), the driver and tools all find them.
+Shards are detached named actors, not 2.60 deployment-scoped ones, so the JobRunner reaches them
+and the first caller recreates a dead one at once (docs/ARCHITECTURE.md, "Design decisions").
+Shard 0 is `zsc-ratelimit:<app>`, shard i `zsc-ratelimit:<app>:<i>`, in namespace "zsc".
 """
 
 from __future__ import annotations
