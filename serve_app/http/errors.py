@@ -31,8 +31,8 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
             400,
             "invalid_json",
             (
-                "the body must be a JSON object (Content-Type: application/json), "
-                'e.g. {"text": "...", "labels": ["a", "b"]}'
+                "the body must be a JSON object (Content-Type: application/json) with the "
+                "route's fields; /docs lists them"
             ),
         )
     parts = []
