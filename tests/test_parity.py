@@ -14,7 +14,7 @@ from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.core.errors import ClientError
 from serve_app.core.nli import classify_from_logits
 from serve_app.core.requests import prepare_request
-from serve_app.devtools.test_models import build_test_model
+from serve_app.devtools.test_models import build_test_model, wordpiece_tokenizer
 from serve_app.engine.engine import Engine
 from serve_app.engine.protocol import PaddedBatch
 from serve_app.engine.tokenizer import PairTokenizer
@@ -172,31 +172,8 @@ def test_hypotheses_are_tokenized_once_and_reused(engine: Engine) -> None:
 
 def _bert_style_tokenizer(truncation_side: str = "right"):
     """A WordPiece tokenizer with BERT's pair layout and token types, built offline."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    core.train_from_iterator(
-        [LONG_TEXT, *TOKENIZATION_TEXTS, "this example is about sports and music"],
-        trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials),
-    )
-    core.post_processor = processors.BertProcessing(
-        ("[SEP]", core.token_to_id("[SEP]")), ("[CLS]", core.token_to_id("[CLS]"))
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        cls_token="[CLS]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_max_length=48,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-        truncation_side=truncation_side,
-    )
+    corpus = [LONG_TEXT, *TOKENIZATION_TEXTS, "this example is about sports and music"]
+    return wordpiece_tokenizer(corpus, 300, 48, truncation_side)
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -77,8 +77,10 @@ def _build_tokenizer(out: Path, vocab_size: int, max_length: int) -> None:
     fast.save_pretrained(out)
 
 
-def _build_wordpiece_tokenizer(out: Path, vocab_size: int, max_length: int) -> None:
-    """BERT's layout: [CLS] A [SEP] B [SEP], with token types 0 then 1."""
+def wordpiece_tokenizer(
+    lines: Sequence[str], vocab_size: int, max_length: int, truncation_side: str = "right"
+) -> Any:
+    """A BERT-style tokenizer trained on `lines`: [CLS] A [SEP] B [SEP], token types 0 then 1."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -87,13 +89,12 @@ def _build_wordpiece_tokenizer(out: Path, vocab_size: int, max_length: int) -> N
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.train_from_iterator(
-        _CORPUS.splitlines(),
-        trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials),
+        lines, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
     )
     sep, cls = core.token_to_id("[SEP]"), core.token_to_id("[CLS]")
     assert sep is not None and cls is not None  # trained in as special tokens above
     core.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=core,
         unk_token="[UNK]",
         sep_token="[SEP]",
@@ -102,8 +103,8 @@ def _build_wordpiece_tokenizer(out: Path, vocab_size: int, max_length: int) -> N
         mask_token="[MASK]",
         model_max_length=max_length,
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+        truncation_side=truncation_side,
     )
-    fast.save_pretrained(out)
 
 
 def build_test_model(
@@ -161,7 +162,7 @@ def build_test_model(
     )
     shape = full if full_size else tiny
     if arch == "bert":
-        _build_wordpiece_tokenizer(out, vocab_size=1000, max_length=max_length)
+        wordpiece_tokenizer(_CORPUS.splitlines(), 1000, max_length).save_pretrained(out)
         bert = BertConfig(
             **shape, max_position_embeddings=max_length, pad_token_id=0, type_vocab_size=2, **labels
         )
@@ -204,7 +205,7 @@ def build_test_bi_encoder(out_dir: str | Path, *, pooling: str = "mean", seed: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     max_length = 64
-    _build_wordpiece_tokenizer(out, vocab_size=1000, max_length=max_length)
+    wordpiece_tokenizer(_CORPUS.splitlines(), 1000, max_length).save_pretrained(out)
     config = BertConfig(
         vocab_size=1000,
         hidden_size=32,
