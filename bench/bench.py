@@ -588,16 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (f) the layouts on 5-label requests, between two halves of (c) on the same pairs.
         top = max(plan.http_clients)
         layouts = [default, *hand_tuned_layouts(cpus)]
-        record(
-            "c5",
-            c_name,
-            precision,
-            "5-label",
-            offline(
-                lambda: raw_forward(chosen, five_pairs[0::2], bs)[:2],
-                sum(map(len, five_pairs[0::2])),
-            ),
-        )
+
+        def c5_half(part: int) -> None:
+            half = five_pairs[part::2]
+            record(
+                "c5",
+                c_name,
+                precision,
+                "5-label",
+                offline(lambda: raw_forward(chosen, half, bs)[:2], sum(map(len, half))),
+            )
+
+        c5_half(0)
         layout_rows = []
         for i, candidate in enumerate(layouts):
             if i:  # the default is deployed already
@@ -626,16 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "forward_workers": shape["forward_workers"],
                 }
             )
-        record(
-            "c5",
-            c_name,
-            precision,
-            "5-label",
-            offline(
-                lambda: raw_forward(chosen, five_pairs[1::2], bs)[:2],
-                sum(map(len, five_pairs[1::2])),
-            ),
-        )
+        c5_half(1)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -51,6 +50,7 @@ from serve_app.deployments.limiter import (  # noqa: E402
     actor_name,
     remove_limiters,
 )
+from serve_app.devtools.ports import free_port  # noqa: E402
 from serve_app.devtools.test_models import build_test_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -90,12 +90,20 @@ async def lone_latency(client: RateLimitClient, app_name: str, calls: int) -> di
         started = time.perf_counter()
         await actor.try_acquire_many.remote([("bench-client", 1.0)])
         bare.append(time.perf_counter() - started)
-    client_ms, bare_ms = percentiles_ms(through_client), percentiles_ms(bare)
+    return added_latency(("admit", through_client), ("bare_call", bare))
+
+
+def added_latency(
+    measured: tuple[str, list[float]], baseline: tuple[str, list[float]]
+) -> dict[str, Any]:
+    """Both sides' percentiles under their names, and what the measured side adds at p50, p99."""
+    (name, samples), (base_name, base_samples) = measured, baseline
+    ms, base_ms = percentiles_ms(samples), percentiles_ms(base_samples)
     return {
-        "admit": client_ms,
-        "bare_call": bare_ms,
-        "added_p50_ms": client_ms["p50_ms"] - bare_ms["p50_ms"],
-        "added_p99_ms": client_ms["p99_ms"] - bare_ms["p99_ms"],
+        name: ms,
+        base_name: base_ms,
+        "added_p50_ms": ms["p50_ms"] - base_ms["p50_ms"],
+        "added_p99_ms": ms["p99_ms"] - base_ms["p99_ms"],
     }
 
 
@@ -109,13 +117,7 @@ def http_latency(on_url: str, off_url: str, requests: int) -> dict[str, Any]:
                 response = http.post(f"{url}/v1/classify", json=BODY)
                 samples.append(time.perf_counter() - started)
                 response.raise_for_status()
-    with_limit, without = percentiles_ms(on), percentiles_ms(off)
-    return {
-        "with_limit": with_limit,
-        "without_limit": without,
-        "added_p50_ms": with_limit["p50_ms"] - without["p50_ms"],
-        "added_p99_ms": with_limit["p99_ms"] - without["p99_ms"],
-    }
+    return added_latency(("with_limit", on), ("without_limit", off))
 
 
 @ray.remote(num_cpus=0)
@@ -187,12 +189,6 @@ def in_process_rates(calls: int = 200_000, batch: int = 64) -> dict[str, float]:
         limiter.try_acquire_many(batches[j % len(batches)])
     many = (calls // batch) * batch / (time.perf_counter() - started)
     return {"try_acquire_per_s": single, "try_acquire_many_per_s": many}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deploy(name: str, model: Path, port: int, rate_limit: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,8 @@ os.environ[ENV_KEYS_VAR] = ",".join(f"{name}:{key}" for name, key in ENV_KEYS.it
 # overrides it.
 TEST_RAY_CPUS = 8
 
+from serve_app.devtools.ports import free_port  # noqa: E402
 from serve_app.devtools.test_models import build_test_model  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

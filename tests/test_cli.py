@@ -208,40 +208,20 @@ def test_batch_reads_csv_and_jsonl(zsc_url: str, tmp_path: Path) -> None:
     )
     want = direct(zsc_url, texts)
 
-    out = tmp_path / "csv.jsonl"
-    done = zsc(
-        zsc_url,
-        "batch",
-        str(csv_in),
-        "-l",
-        LABELS,
-        "-o",
-        str(out),
-        "--text-field",
-        "body",
-        check=False,
-    )
+    def batch(source: Path) -> tuple[subprocess.CompletedProcess[str], dict[int, dict[str, Any]]]:
+        out = tmp_path / f"{source.suffix[1:]}.out.jsonl"
+        args = ["batch", str(source), "-l", LABELS, "-o", str(out), "--text-field", "body"]
+        done = zsc(zsc_url, *args, check=False)
+        return done, by_row(read_lines(out))
+
+    done, rows = batch(csv_in)
     assert done.returncode == 1 and "1 error" in done.stderr  # the empty a3 row
-    rows = by_row(read_lines(out))
     assert [rows[i].get("id") for i in range(4)] == ["a1", "a2", "a3", "a4"]
     assert rows[2]["error"]["type"] == "invalid_input"
     assert_same_results([rows[i]["result"] for i in (0, 1, 3)], want)
 
-    out = tmp_path / "jsonl.jsonl"
-    done = zsc(
-        zsc_url,
-        "batch",
-        str(jsonl_in),
-        "-l",
-        LABELS,
-        "-o",
-        str(out),
-        "--text-field",
-        "body",
-        check=False,
-    )
+    done, rows = batch(jsonl_in)
     assert done.returncode == 1
-    rows = by_row(read_lines(out))
     assert sorted(rows) == [0, 1, 3, 4] and rows[4]["error"]["type"] == "invalid_input"
     assert [rows[i]["id"] for i in (0, 1, 3)] == [0, 1, 9]
     assert_same_results([rows[i]["result"] for i in (0, 1, 3)], want)

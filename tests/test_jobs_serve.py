@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import ray
-from conftest import free_port
 from live import SERVE_NAMESPACE, replica_names
 from parity import assert_same_results
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from standardwebhooks import Webhook, WebhookVerificationError
 from transformers import AutoTokenizer
+
+from serve_app.devtools.ports import free_port
 
 pytestmark = pytest.mark.ray
 

@@ -44,8 +44,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import free_port
 from live import wait_for
+
+from serve_app.devtools.ports import free_port
 
 pytestmark = [
     pytest.mark.ray,

@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from serve_app.core.errors import ClientError
+from serve_app.devtools.ports import free_port
 from serve_app.jobs import webhooks
 from serve_app.jobs.models import JobError, JobWithResults
 from serve_app.jobs.ssrf import check_callback_url, is_public, refused_addresses

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -120,10 +120,20 @@ def result_table(result: dict[str, Any]) -> Table:
     return table
 
 
-PREFILTER_HELP = (
-    "With a prefilter on the server: score only the k labels most similar to each text "
-    "(0 = every label; default: the server's top_k)."
-)
+# Options that classify, batch and job submit share.
+TemplateOption = Annotated[str, typer.Option("--template", "-t", help="Hypothesis with one {}.")]
+MultiLabelOption = Annotated[
+    bool, typer.Option("--multi-label", help="Score each label independently.")
+]
+PrefilterOption = Annotated[
+    int | None,
+    typer.Option(
+        "--prefilter-top-k",
+        min=0,
+        help="With a prefilter on the server: score only the k labels most similar to each text "
+        "(0 = every label; default: the server's top_k).",
+    ),
+]
 
 
 @app.command()
@@ -131,16 +141,10 @@ def classify(
     ctx: typer.Context,
     texts: list[str] = typer.Argument(..., help="One or more texts to classify."),
     labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
-    template: str = typer.Option(
-        DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."
-    ),
-    multi_label: bool = typer.Option(
-        False, "--multi-label", help="Score each label independently."
-    ),
+    template: TemplateOption = DEFAULT_TEMPLATE,
+    multi_label: MultiLabelOption = False,
     as_json: bool = typer.Option(False, "--json", help="Print the service's JSON answer."),
-    prefilter_top_k: int | None = typer.Option(
-        None, "--prefilter-top-k", min=0, help=PREFILTER_HELP
-    ),
+    prefilter_top_k: PrefilterOption = None,
 ) -> None:
     """Classify texts now (POST /v1/classify) and show each label's probability."""
     conn: Connection = ctx.obj
@@ -172,12 +176,8 @@ def batch(
     id_field: str = typer.Option(
         "id", "--id-field", help="Field or column copied to each output line when present."
     ),
-    template: str = typer.Option(
-        DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."
-    ),
-    multi_label: bool = typer.Option(
-        False, "--multi-label", help="Score each label independently."
-    ),
+    template: TemplateOption = DEFAULT_TEMPLATE,
+    multi_label: MultiLabelOption = False,
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight at once."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Texts per request."),
     retries: int = typer.Option(
@@ -187,9 +187,7 @@ def batch(
         help="Resends of a request that did not complete: 429/503 after Retry-After; a dropped "
         "connection, 502/504 or Serve's plain-text 500 with backoff.",
     ),
-    prefilter_top_k: int | None = typer.Option(
-        None, "--prefilter-top-k", min=0, help=PREFILTER_HELP
-    ),
+    prefilter_top_k: PrefilterOption = None,
 ) -> None:
     """Classify every row of a file, with a progress bar; rerun the same command to resume.
 
@@ -274,12 +272,8 @@ def job_submit(
         None, "--text", "-x", help="A text (repeatable), instead of FILE."
     ),
     labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
-    template: str = typer.Option(
-        DEFAULT_TEMPLATE, "--template", "-t", help="Hypothesis with one {}."
-    ),
-    multi_label: bool = typer.Option(
-        False, "--multi-label", help="Score each label independently."
-    ),
+    template: TemplateOption = DEFAULT_TEMPLATE,
+    multi_label: MultiLabelOption = False,
     text_field: str = typer.Option(
         "text", "--text-field", help="Field or column holding the text."
     ),
@@ -291,9 +285,7 @@ def job_submit(
         None, "--idempotency-key", help="Resubmitting with the same key returns the same job."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the job's JSON instead of its id."),
-    prefilter_top_k: int | None = typer.Option(
-        None, "--prefilter-top-k", min=0, help=PREFILTER_HELP
-    ),
+    prefilter_top_k: PrefilterOption = None,
 ) -> None:
     """Submit texts as a job; prints the job id (for `zsc job wait`)."""
     conn: Connection = ctx.obj

@@ -6,11 +6,14 @@ Shape checks are pydantic's; size checks need the live limits, so they run in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from serve_app.config import AppConfig
 from serve_app.core.defaults import DEFAULT_TEMPLATE
+from serve_app.core.requests import PreparedRequest, prepare_job, prepare_request, resolve_top_k
 from serve_app.core.results import TextResult
 
 
@@ -55,6 +58,22 @@ class ClassifyRequest(BaseModel):
     def text_list(self) -> list[str]:
         return [self.text] if self.text is not None else list(self.texts or [])
 
+    def prepared(self, config: AppConfig) -> PreparedRequest:
+        """This body checked against the live limits, as a request answered now."""
+        return self._checked(prepare_request, config)
+
+    def _checked(
+        self, prepare: Callable[..., PreparedRequest], config: AppConfig
+    ) -> PreparedRequest:
+        return prepare(
+            self.text_list(),
+            self.labels,
+            self.hypothesis_template,
+            self.multi_label,
+            config.limits,
+            resolve_top_k(self.prefilter_top_k, config.prefilter_top_k),
+        )
+
 
 class JobRequest(ClassifyRequest):
     """Body of `POST /v1/jobs`: a classify body plus delivery options."""
@@ -63,6 +82,10 @@ class JobRequest(ClassifyRequest):
         None, description="http(s) URL that receives a signed Standard Webhooks event at the end."
     )
     metadata: dict[str, Any] | None = Field(None, description="Echoed back on the job.")
+
+    def prepared(self, config: AppConfig) -> PreparedRequest:
+        """This body checked against the live limits, as a job (more texts, run in chunks)."""
+        return self._checked(prepare_job, config)
 
 
 class ClassifyResponse(BaseModel):

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
 
-from serve_app.core.requests import prepare_request, resolve_top_k
 from serve_app.http.admission import admit
 from serve_app.http.render import classify_body
 from serve_app.http.schemas import ClassifyRequest, ClassifyResponse
@@ -26,14 +25,7 @@ def classify_router(svc: Services) -> APIRouter:
         summary="Classify texts against labels now",
     )
     async def classify(body: ClassifyRequest, request: Request, response: Response) -> Any:
-        prepared = prepare_request(
-            body.text_list(),
-            body.labels,
-            body.hypothesis_template,
-            body.multi_label,
-            config.limits,
-            resolve_top_k(body.prefilter_top_k, config.prefilter_top_k),
-        )
+        prepared = body.prepared(config)
         await admit(svc.rate_limiter, request, response, prepared.pairs)
         return classify_body(await svc.scorer.classify(prepared))
 

@@ -1,7 +1,7 @@
 """HTTP routes of jobs: submit, read (with paged results), list and cancel.
 
 Everything a caller can get wrong is checked here, at submission, so it is a 400/413/422 now and
-never a 429 or a silent failure later: the body (`prepare_job`) and the callback URL
+never a 429 or a silent failure later: the body (`JobRequest.prepared`) and the callback URL
 (`check_callback_url`, which resolves the host). The routes then call the JobRunner through its
 handle, since that deployment alone owns the job store.
 
@@ -17,7 +17,6 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from serve_app.core.errors import ClientError
-from serve_app.core.requests import prepare_job, resolve_top_k
 from serve_app.http.identity import client_key, owner_of
 from serve_app.http.schemas import JobRequest
 from serve_app.jobs.models import Job, JobList, JobWithResults
@@ -56,14 +55,7 @@ def jobs_router(svc: Services) -> APIRouter:
         response: Response,
         idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255),
     ) -> Any:
-        prepared = prepare_job(
-            body.text_list(),
-            body.labels,
-            body.hypothesis_template,
-            body.multi_label,
-            config.limits,
-            resolve_top_k(body.prefilter_top_k, config.prefilter_top_k),
-        )
+        prepared = body.prepared(config)
         # Every label must fit the model's window now: a job runs later, and must not fail then.
         await svc.scorer.check(prepared)
         if body.callback_url is not None:
