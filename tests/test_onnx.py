@@ -157,7 +157,7 @@ def test_served_onnx_equals_the_pipeline_and_the_replica_has_no_torch(
     assert "onnxruntime" in modules and "torch" not in modules
 
 
-def test_environment_has_no_gpu_provider_surprise() -> None:
+def test_the_provider_follows_device_and_cuda_without_the_gpu_wheel_says_so() -> None:
     # device=auto picks CUDA only where onnxruntime-gpu offers it; on this CPU wheel, the CPU.
     onnx_type = backend_type("onnx")
     import onnxruntime
