@@ -24,6 +24,23 @@ PROXY_PREFIX = "SERVE_PROXY_ACTOR"
 SERVE_NAMESPACE = "serve"
 
 
+def bearer(key: str, scheme: str = "Bearer") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {key}"}
+
+
+def submit_job(url: str, key: str, texts: list[str]) -> str:
+    """Submit a two-label job with an API key over HTTP; return its id (asserts the 202)."""
+    submitted = httpx.post(
+        f"{url}/v1/jobs",
+        json={"texts": texts, "labels": ["a", "b"]},
+        headers=bearer(key),
+        timeout=60,
+    )
+    assert submitted.status_code == 202, submitted.text
+    job_id: str = submitted.json()["id"]
+    return job_id
+
+
 def wait_for(
     check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.25
 ) -> T:

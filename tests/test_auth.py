@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from conftest import ENV_KEYS, ENV_KEYS_VAR
+from live import bearer, submit_job
 from pydantic import ValidationError
 
 from serve_app.config import AuthConfig
@@ -71,10 +72,6 @@ def test_zsc_hash_key_prints_only_the_configured_form() -> None:
 CLASSIFY = {"text": "The striker scored twice.", "labels": ["sports", "cooking"]}
 HF_BODY = {"inputs": "The striker scored twice.", "parameters": {"candidate_labels": ["a", "b"]}}
 (ENV_NAME, ENV_KEY), *_ = ENV_KEYS.items()
-
-
-def bearer(key: str, scheme: str = "Bearer") -> dict[str, str]:
-    return {"Authorization": f"{scheme} {key}"}
 
 
 @pytest.fixture(scope="module")
@@ -178,14 +175,7 @@ def test_health_page_and_docs_stay_open_and_declare_the_scheme(url: str) -> None
 def test_the_key_name_owns_the_job(url: str) -> None:
     """The name of the key (here one read from the environment) reaches the routes: jobs are
     its own, and another key's caller cannot see them."""
-    submitted = httpx.post(
-        f"{url}/v1/jobs",
-        json={"texts": ["one", "two"], "labels": ["a", "b"]},
-        headers=bearer(ENV_KEY),
-        timeout=60,
-    )
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["id"]
+    job_id = submit_job(url, ENV_KEY, ["one", "two"])
     mine = httpx.get(f"{url}/v1/jobs/{job_id}", headers=bearer(ENV_KEY), timeout=30)
     assert mine.status_code == 200, mine.text
     theirs = httpx.get(f"{url}/v1/jobs/{job_id}", headers=bearer(ALICE_KEY), timeout=30)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import ray
-from live import wait_for
+from live import bearer, submit_job, wait_for
 
 from serve_app.http.middleware.auth import SCHEME_NAME, hash_key
 
@@ -34,10 +34,6 @@ WRONG = "wrong-" + secrets.token_hex(12)
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT_S = 2.0
 CLASSIFY = {"text": "The striker scored twice.", "labels": ["sports", "cooking"]}
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +129,7 @@ def test_keys_never_reach_the_logs(url: str) -> None:
 
 
 def test_another_key_cannot_read_list_or_cancel_a_job(url: str) -> None:
-    submitted = httpx.post(
-        f"{url}/v1/jobs",
-        json={"texts": ["one text", "another text"], "labels": ["a", "b"]},
-        headers=bearer(ALICE),
-        timeout=60,
-    )
-    assert submitted.status_code == 202, submitted.text
-    job_id = submitted.json()["id"]
+    job_id = submit_job(url, ALICE, ["one text", "another text"])
 
     for attempt in (
         httpx.get(f"{url}/v1/jobs/{job_id}", headers=bearer(BOB), timeout=30),
