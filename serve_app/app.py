@@ -13,12 +13,14 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig, DeploymentScale
+from serve_app.config import AppConfig
+from serve_app.core.errors import StartupError
 from serve_app.core.nli import ModelLabelError
 from serve_app.deployments.classifier import Classifier
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_runner import JobRunner
 from serve_app.deployments.limiter import RateLimitClient
+from serve_app.deployments.options import deployment_options
 from serve_app.deployments.scoring import Scorer
 from serve_app.engine.backends import backend_type
 from serve_app.engine.source import ModelLoadError, read_label_indices, resolve_model_source
@@ -29,10 +31,6 @@ APP_NAME = "zsc"
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 # The CPU reservation of the Classifier with `num_cpus: auto` never drops below this.
 MIN_AUTO_CPUS = 0.5
-
-
-class StartupError(SystemExit):
-    """Stops `serve run` with one readable line instead of a traceback."""
 
 
 def machine_cpus() -> float:
@@ -57,26 +55,6 @@ def auto_classifier_cpus(config: AppConfig) -> float:
     if ingress.autoscaling is not None:
         replicas = ingress.autoscaling.initial_replicas or ingress.autoscaling.min_replicas
     return max(MIN_AUTO_CPUS, machine_cpus() - ingress.num_cpus * replicas)
-
-
-def deployment_options(scale: DeploymentScale, num_cpus: float) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "max_ongoing_requests": scale.max_ongoing_requests,
-        # A stopping replica leaves the routing table, then answers what it holds before Ray
-        # kills it (the drain is checked every graceful_shutdown_wait_loop_s, Serve's 2 s).
-        "graceful_shutdown_timeout_s": scale.graceful_shutdown_timeout_s,
-        "ray_actor_options": {
-            "num_cpus": num_cpus,
-            "num_gpus": scale.num_gpus,
-            "resources": dict(scale.resources),
-        },
-    }
-    if scale.autoscaling is not None:
-        # Serve sizes the deployment itself; it refuses num_replicas next to autoscaling_config.
-        options["autoscaling_config"] = scale.autoscaling.model_dump(exclude_none=True)
-    else:
-        options["num_replicas"] = scale.num_replicas
-    return options
 
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:

@@ -13,8 +13,8 @@ from ray import serve
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import deployment_options
 from serve_app.config import AppConfig, DeploymentScale
+from serve_app.deployments.options import deployment_options
 from serve_app.devtools.kube import (
     JOBS_MOUNT,
     JOBS_VOLUME,

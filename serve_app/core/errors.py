@@ -61,5 +61,9 @@ class ServiceUnavailable(Exception):
         return self.message
 
 
+class StartupError(SystemExit):
+    """Stops `serve run` (or `build_app`) with one readable line instead of a traceback."""
+
+
 def error_body(type: str, message: str) -> dict[str, Any]:
     return {"error": {"type": type, "message": message}}

@@ -19,9 +19,10 @@ from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.requests import prepare_request, resolve_top_k
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
-from serve_app.http.app import Services, create_app
+from serve_app.http.app import create_app
 from serve_app.http.middleware.auth import ApiKeys
 from serve_app.http.render import classify_body
+from serve_app.http.routes.services import Services
 
 
 @serve.deployment(name="Ingress")

@@ -24,6 +24,8 @@ from ray import serve
 from ray.serve import Application
 
 from serve_app.config import PrefilterConfig
+from serve_app.core.errors import StartupError
+from serve_app.deployments.options import deployment_options
 from serve_app.engine.bi_encoder import BiEncoder, top_k_indices
 from serve_app.engine.source import ModelLoadError, resolve_model_source
 from serve_app.observability.metrics import PrefilterMetrics, add
@@ -131,8 +133,6 @@ def bind_prefilter(settings: PrefilterConfig) -> Application:
     """The Prefilter bound for `build_app`. The model is resolved here, in the driver, so a
     missing or unreachable bi-encoder fails at start with one line, and replicas load the
     resolved directory without touching the network."""
-    from serve_app.app import StartupError, deployment_options
-
     assert settings.model is not None
     if importlib.util.find_spec("sentence_transformers") is None:
         raise StartupError(

@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from serve_app.http.admission import admit
 from serve_app.http.render import classify_body
+from serve_app.http.routes.services import ServicesDep
 from serve_app.http.schemas import ClassifyRequest, ClassifyResponse
 
-if TYPE_CHECKING:
-    from serve_app.http.app import Services
+router = APIRouter(tags=["classify"])
 
 
-def classify_router(svc: Services) -> APIRouter:
-    router = APIRouter(tags=["classify"])
-    config = svc.config
-
-    @router.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        response_model_exclude_none=True,
-        summary="Classify texts against labels now",
-    )
-    async def classify(body: ClassifyRequest, request: Request, response: Response) -> Any:
-        prepared = body.prepared(config)
-        await admit(svc.rate_limiter, request, response, prepared.pairs)
-        return classify_body(await svc.scorer.classify(prepared))
-
-    return router
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    response_model_exclude_none=True,
+    summary="Classify texts against labels now",
+)
+async def classify(
+    body: ClassifyRequest, request: Request, response: Response, svc: ServicesDep
+) -> Any:
+    prepared = body.prepared(svc.config)
+    await admit(svc.rate_limiter, request, response, prepared.pairs)
+    return classify_body(await svc.scorer.classify(prepared))

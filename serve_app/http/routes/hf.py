@@ -12,7 +12,7 @@ warning travels as the `X-Zsc-Warning` header.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import (
@@ -29,9 +29,7 @@ from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.requests import prepare_request, resolve_top_k
 from serve_app.core.results import Classification
 from serve_app.http.admission import admit
-
-if TYPE_CHECKING:
-    from serve_app.http.app import Services
+from serve_app.http.routes.services import ServicesDep
 
 WARNING_HEADER = "X-Zsc-Warning"
 # Path -> OpenAPI operation id. `/predict` is the inference toolkit's second route.
@@ -127,40 +125,38 @@ OK_RESPONSE = {
 }
 
 
-def hf_router(svc: Services) -> APIRouter:
-    router = APIRouter(tags=["hugging face"])
+async def predict(body: HFRequest, request: Request, response: Response, svc: ServicesDep) -> Any:
+    params = body.parameters
+    template = params.hypothesis_template
     config = svc.config
+    prepared = prepare_request(
+        body.inputs,
+        params.candidate_labels,
+        DEFAULT_TEMPLATE if template is None else template,
+        bool(params.multi_label),
+        config.limits,
+        resolve_top_k(params.prefilter_top_k, config.prefilter_top_k),
+    )
+    await admit(svc.rate_limiter, request, response, prepared.pairs)
+    classification = await svc.scorer.classify(prepared)
+    if classification.warning is not None:
+        response.headers[WARNING_HEADER] = classification.warning
+    return hf_body(classification, isinstance(body.inputs, str))
 
-    async def predict(body: HFRequest, request: Request, response: Response) -> Any:
-        params = body.parameters
-        template = params.hypothesis_template
-        prepared = prepare_request(
-            body.inputs,
-            params.candidate_labels,
-            DEFAULT_TEMPLATE if template is None else template,
-            bool(params.multi_label),
-            config.limits,
-            resolve_top_k(params.prefilter_top_k, config.prefilter_top_k),
-        )
-        await admit(svc.rate_limiter, request, response, prepared.pairs)
-        classification = await svc.scorer.classify(prepared)
-        if classification.warning is not None:
-            response.headers[WARNING_HEADER] = classification.warning
-        return hf_body(classification, isinstance(body.inputs, str))
 
-    for path, operation_id in ROUTES.items():
-        router.add_api_route(
-            path,
-            predict,
-            methods=["POST"],
-            response_model=list[LabelScore] | list[list[LabelScore]],
-            responses={200: OK_RESPONSE},
-            summary="Zero-shot classification in the Hugging Face Inference API shape",
-            description="What `huggingface_hub.InferenceClient(base_url=...)."
-            "zero_shot_classification` posts (and the inference toolkit's payload, "
-            "`candidateLabels` included): for one input, a list of {label, score} sorted by "
-            "score; for a list of inputs, one such list per input. Scores equal /v1/classify's; "
-            'errors are its `{"error": {"type", "message"}}` with the same statuses.',
-            operation_id=operation_id,
-        )
-    return router
+router = APIRouter(tags=["hugging face"])
+for _path, _operation_id in ROUTES.items():
+    router.add_api_route(
+        _path,
+        predict,
+        methods=["POST"],
+        response_model=list[LabelScore] | list[list[LabelScore]],
+        responses={200: OK_RESPONSE},
+        summary="Zero-shot classification in the Hugging Face Inference API shape",
+        description="What `huggingface_hub.InferenceClient(base_url=...)."
+        "zero_shot_classification` posts (and the inference toolkit's payload, "
+        "`candidateLabels` included): for one input, a list of {label, score} sorted by "
+        "score; for a list of inputs, one such list per input. Scores equal /v1/classify's; "
+        'errors are its `{"error": {"type", "message"}}` with the same statuses.',
+        operation_id=_operation_id,
+    )

@@ -1,0 +1,27 @@
+"""Serve deployment options from a typed `DeploymentScale`: one translation for every deployment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve_app.config import DeploymentScale
+
+
+def deployment_options(scale: DeploymentScale, num_cpus: float) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "max_ongoing_requests": scale.max_ongoing_requests,
+        # A stopping replica leaves the routing table, then answers what it holds before Ray
+        # kills it (the drain is checked every graceful_shutdown_wait_loop_s, Serve's 2 s).
+        "graceful_shutdown_timeout_s": scale.graceful_shutdown_timeout_s,
+        "ray_actor_options": {
+            "num_cpus": num_cpus,
+            "num_gpus": scale.num_gpus,
+            "resources": dict(scale.resources),
+        },
+    }
+    if scale.autoscaling is not None:
+        # Serve sizes the deployment itself; it refuses num_replicas next to autoscaling_config.
+        options["autoscaling_config"] = scale.autoscaling.model_dump(exclude_none=True)
+    else:
+        options["num_replicas"] = scale.num_replicas
+    return options
