@@ -43,9 +43,28 @@ from serve_app.devtools.ports import free_port  # noqa: E402
 from serve_app.devtools.test_models import build_test_model  # noqa: E402
 
 
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration/ runs on real Ray: mark it so `make test-fast` (the
+    in-process tests alone) leaves it out."""
+    for item in items:
+        if INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny models with their ONNX files (tests/onnx_models.py), exported once a session."""
+    from onnx_models import build_onnx_models
+
+    return build_onnx_models(tmp_path_factory.mktemp("onnx-models"))
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,9 @@ what the node has, and `GET /v1/model` reports the layout in use."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import httpx
 import pytest
 
-from serve_app.app import auto_classifier_cpus, build_app, machine_cpus
+from serve_app.app import auto_classifier_cpus, machine_cpus
 from serve_app.config import AppConfig
 from serve_app.engine.threads import affinity_cpus, replica_cpus, thread_plan
 
@@ -39,25 +35,3 @@ def test_threads_cover_the_budget_rounded_up_within_the_affinity(
     assert replica_cpus(None) == 3
     threads, workers = thread_plan(None, None, True, replica_cpus(cores - 0.25))
     assert threads * workers == cores
-
-
-@pytest.mark.ray
-def test_the_default_app_uses_every_core(
-    serve_instance: str, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    from conftest import delete_app
-    from ray import serve
-
-    name = "default-layout"
-    # The import-path default: no classifier sizing at all (what `make run` deploys).
-    app = build_app(
-        AppConfig(model=str(tiny_model_dir), jobs={"db_path": str(tmp_path / "j.sqlite3")})
-    )
-    serve.run(app, name=name, route_prefix=f"/{name}")
-    try:
-        info = httpx.get(f"{serve_instance}/{name}/v1/model", timeout=60).json()
-        cores = len(os.sched_getaffinity(0))
-        assert info["cpus"] == cores
-        assert info["torch_threads"] * info["forward_workers"] == cores
-    finally:
-        delete_app(name)

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
-from live import SERVE_NAMESPACE, actor_modules, replica_names
+from onnx_models import LABEL_ORDERS, export
 from parity import CASES, Case, as_list, assert_same_results
 from transformers import pipeline
 
@@ -24,36 +23,6 @@ from serve_app.engine.engine import Engine
 from serve_app.engine.source import ModelLoadError
 
 ONNX_TOLERANCE = 1e-4
-LABEL_ORDERS = {
-    "default": ("contradiction", "entailment", "neutral"),
-    "entailment_first": ("entailment", "neutral", "contradiction"),
-    "neutral_first": ("neutral", "entailment", "contradiction"),
-}
-ZSC = [sys.executable, "-m", "serve_app.cli"]
-
-
-def export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`zsc export onnx DIRECTORY ...`, the command users run."""
-    done = subprocess.run(
-        [*ZSC, "export", "onnx", str(directory), *args], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny models with their ONNX files: RoBERTa-style in each label order, and BERT-style."""
-    root = tmp_path_factory.mktemp("onnx-models")
-    built = {
-        name: build_test_model(root / name, label_order=order, seed=i)
-        for i, (name, order) in enumerate(LABEL_ORDERS.items())
-    }
-    built["bert"] = build_test_model(root / "bert", arch="bert", seed=7)
-    for directory in built.values():
-        export(directory)
-    export(built["default"], "--quantize", "avx512_vnni")
-    return built
 
 
 def onnx_engine(directory: Path, **settings: object) -> Engine:
@@ -67,12 +36,12 @@ def results(engine: Engine, case: Case) -> list[dict]:
     return [r.as_dict() for r in engine.classify(request).results]
 
 
-def test_export_writes_the_hub_layout(models: dict[str, Path]) -> None:
-    assert (models["default"] / "onnx" / "model.onnx").is_file()
-    assert (models["default"] / "onnx" / "model_qint8_avx512_vnni.onnx").is_file()
+def test_export_writes_the_hub_layout(onnx_models: dict[str, Path]) -> None:
+    assert (onnx_models["default"] / "onnx" / "model.onnx").is_file()
+    assert (onnx_models["default"] / "onnx" / "model_qint8_avx512_vnni.onnx").is_file()
     import onnx
 
-    graph = onnx.load(str(models["bert"] / "onnx" / "model.onnx")).graph
+    graph = onnx.load(str(onnx_models["bert"] / "onnx" / "model.onnx")).graph
     assert {i.name for i in graph.input} == {"input_ids", "token_type_ids", "attention_mask"}
     assert [o.name for o in graph.output] == ["logits"]
     dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
@@ -80,11 +49,11 @@ def test_export_writes_the_hub_layout(models: dict[str, Path]) -> None:
 
 
 @pytest.mark.parametrize("name", [*LABEL_ORDERS, "bert"])
-def test_onnx_scores_equal_the_pipeline(models: dict[str, Path], name: str) -> None:
-    engine = onnx_engine(models[name])
+def test_onnx_scores_equal_the_pipeline(onnx_models: dict[str, Path], name: str) -> None:
+    engine = onnx_engine(onnx_models[name])
     assert engine.backend.name == "onnx"
     assert engine.tokenizer.uses_token_types == (name == "bert")
-    reference = pipeline("zero-shot-classification", model=str(models[name]), device="cpu")
+    reference = pipeline("zero-shot-classification", model=str(onnx_models[name]), device="cpu")
     for case in CASES:
         pairwise = case.multi_label or len(parse_labels(case.labels)) == 1
         if name == "neutral_first" and pairwise:
@@ -93,8 +62,8 @@ def test_onnx_scores_equal_the_pipeline(models: dict[str, Path], name: str) -> N
         assert_same_results(results(engine, case), want, ONNX_TOLERANCE)
 
 
-def test_a_quantised_file_loads_and_serves(models: dict[str, Path]) -> None:
-    engine = onnx_engine(models["default"], onnx_file="onnx/model_qint8_avx512_vnni.onnx")
+def test_a_quantised_file_loads_and_serves(onnx_models: dict[str, Path]) -> None:
+    engine = onnx_engine(onnx_models["default"], onnx_file="onnx/model_qint8_avx512_vnni.onnx")
     assert engine.describe()["onnx_file"].endswith("model_qint8_avx512_vnni.onnx")
     case = next(c for c in CASES if c.name == "many_texts")
     for result in results(engine, case):
@@ -103,7 +72,7 @@ def test_a_quantised_file_loads_and_serves(models: dict[str, Path]) -> None:
         assert result["scores"] == sorted(result["scores"], reverse=True)
 
 
-def test_the_fallback_file_and_a_missing_file(models: dict[str, Path], tmp_path: Path) -> None:
+def test_the_fallback_file_and_a_missing_file(onnx_models: dict[str, Path], tmp_path: Path) -> None:
     top = build_test_model(tmp_path / "top")
     export(top)
     (top / "onnx" / "model.onnx").rename(top / "model.onnx")  # the older layout, at the top
@@ -120,13 +89,13 @@ def test_a_hub_id_fetches_only_what_the_backend_needs() -> None:
     assert backend_type("torch").files("onnx/model.onnx") == ["*.safetensors"]
 
 
-def test_an_onnx_engine_never_imports_torch(models: dict[str, Path]) -> None:
+def test_an_onnx_engine_never_imports_torch(onnx_models: dict[str, Path]) -> None:
     code = (
         "import json, sys\n"
         "from serve_app.config import LimitsConfig, ModelConfig\n"
         "from serve_app.core.requests import prepare_request\n"
         "from serve_app.engine.engine import Engine\n"
-        f"d = {str(models['bert'])!r}\n"
+        f"d = {str(onnx_models['bert'])!r}\n"
         "engine = Engine(ModelConfig(model=d, backend='onnx'), d)\n"
         "engine.warm_up()\n"
         "r = engine.classify(prepare_request(['a text'], ['x', 'y'], 'It is {}.', False, LimitsConfig()))\n"
@@ -136,25 +105,6 @@ def test_an_onnx_engine_never_imports_torch(models: dict[str, Path]) -> None:
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["torch"] is False and sorted(answer["labels"]) == ["x", "y"]
-
-
-@pytest.mark.ray
-@pytest.mark.parametrize("name", ["default", "bert"])
-def test_served_onnx_equals_the_pipeline_and_the_replica_has_no_torch(
-    deploy_app, models: dict[str, Path], name: str
-) -> None:
-    app = f"onnx-{name}"
-    url = deploy_app(app, model=str(models[name]), backend="onnx", jobs={"enabled": False})
-    reference = pipeline("zero-shot-classification", model=str(models[name]), device="cpu")
-    for case in CASES:
-        response = httpx.post(f"{url}/v1/classify", json=case.body(), timeout=60)
-        assert response.status_code == 200, response.text
-        want = as_list(reference(case.texts, **case.pipeline_kwargs()))
-        assert_same_results(response.json()["results"], want, ONNX_TOLERANCE)
-    assert httpx.get(f"{url}/v1/model", timeout=30).json()["backend"] == "onnx"
-    (replica,) = replica_names(app, "Classifier")
-    modules = actor_modules(replica, SERVE_NAMESPACE)
-    assert "onnxruntime" in modules and "torch" not in modules
 
 
 def test_the_provider_follows_device_and_cuda_without_the_gpu_wheel_says_so() -> None:

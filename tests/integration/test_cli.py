@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LABELS = "technology,sports,politics"
 LIMITED_APP = "cli429"
 TOPICS = ["music", "movies", "food", "science", "health", "travel", "business", "art"]

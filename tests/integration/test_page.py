@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TEXTS = ["The new phone's battery lasts two days.", "Our team won the final after penalties."]
 LABELS = "technology, sports, politics, weather"
 

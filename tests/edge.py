@@ -1,0 +1,137 @@
+"""The HTTP edge in-process: the real FastAPI app (`create_app`) with its middleware, routes and
+error handlers, scored by a real `Engine` in this process instead of Classifier replicas.
+
+What the edge does on its own (validation, error envelopes, headers, auth, body limits, route
+shapes, the rate limit's answers) needs no Ray: `EngineScorer` implements the same `Scoring`
+interface as the Ray-backed `Scorer`, and `LocalLimiter` the same `Admission` as the limiter
+actors' client, deciding with the same `RateLimiter`. `serving()` puts the app on a real socket
+(uvicorn in a thread) for clients that need a URL (huggingface_hub's InferenceClient, the CLI).
+What crosses Ray (batching, handles, jobs, the limiter actors) stays in the Ray tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from serve_app.config import AppConfig, RateLimitConfig
+from serve_app.core.errors import LimitExceeded, RateLimited
+from serve_app.core.ratelimit import TOLERANCE, Decision, RateLimiter, policy_for
+from serve_app.core.requests import PreparedRequest
+from serve_app.core.results import Classification
+from serve_app.devtools.ports import free_port
+from serve_app.engine.engine import Engine
+from serve_app.http.app import create_app
+from serve_app.http.middleware.auth import ApiKeys
+from serve_app.http.routes.services import Services
+
+BASE_URL = "http://zsc.test"
+
+
+class EngineScorer:
+    """`Scoring` over an in-process Engine: the Classifier's answers, without Ray."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.requests: list[PreparedRequest] = []  # what reached the model, in order
+
+    async def classify(self, request: PreparedRequest) -> Classification:
+        self.requests.append(request)
+        return self.engine.classify(request)
+
+    async def check(self, request: PreparedRequest) -> None:
+        self.engine.check(request)
+
+    async def model_info(self) -> dict[str, Any]:
+        return self.engine.describe()
+
+
+class FailingScorer(EngineScorer):
+    """Raises `error` on every classify: how the edge renders a failure behind it."""
+
+    def __init__(self, engine: Engine, error: BaseException) -> None:
+        super().__init__(engine)
+        self.error = error
+
+    async def classify(self, request: PreparedRequest) -> Classification:
+        raise self.error
+
+
+class LocalLimiter:
+    """`Admission` deciding with one in-process `RateLimiter`, as one limiter shard does."""
+
+    def __init__(self, config: RateLimitConfig) -> None:
+        self.config = config
+        self.limiter = RateLimiter(config)
+
+    def cost_of(self, pairs: int) -> float:
+        return float(pairs) if self.config.cost == "pairs" else 1.0
+
+    async def admit(self, key: str, cost: float) -> Decision | None:
+        burst = policy_for(self.config, key)[1].burst
+        if cost > burst + TOLERANCE:
+            raise LimitExceeded(f"this request costs {cost:g} but the burst is {burst:g}")
+        decision = self.limiter.try_acquire(key, cost)
+        if not decision.allowed:
+            raise RateLimited("rate limit exceeded", headers=decision.headers())
+        return decision
+
+
+def edge_app(
+    config: AppConfig,
+    scorer: Any,
+    *,
+    jobs: Any = None,
+    limiter: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> FastAPI:
+    """The ingress replica's FastAPI app for `config`, around the given parts."""
+    return create_app(
+        Services(
+            config=config,
+            scorer=scorer,
+            jobs=jobs,
+            rate_limiter=limiter,
+            api_keys=ApiKeys.from_config(config.auth, environ or {}),
+        )
+    )
+
+
+def client(app: FastAPI, peer: str = "127.0.0.1") -> httpx.AsyncClient:
+    """An httpx client that calls the app in this process, as a caller at `peer`."""
+    transport = httpx.ASGITransport(app=app, client=(peer, 50000))
+    return httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=30)
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """The app on a real socket (uvicorn in a thread); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def run(coro: Any) -> Any:
+    """Run one coroutine to completion from a sync test."""
+    return asyncio.run(coro)

@@ -1,0 +1,38 @@
+"""Tiny models with their ONNX files, as `zsc export onnx` writes them (the command users run):
+RoBERTa-style in each label order, BERT-style, and one quantised file. Built once a session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from serve_app.devtools.test_models import build_test_model
+
+LABEL_ORDERS = {
+    "default": ("contradiction", "entailment", "neutral"),
+    "entailment_first": ("entailment", "neutral", "contradiction"),
+    "neutral_first": ("neutral", "entailment", "contradiction"),
+}
+ZSC = [sys.executable, "-m", "serve_app.cli"]
+
+
+def export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`zsc export onnx DIRECTORY ...`, the command users run."""
+    done = subprocess.run(
+        [*ZSC, "export", "onnx", str(directory), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def build_onnx_models(root: Path) -> dict[str, Path]:
+    built = {
+        name: build_test_model(root / name, label_order=order, seed=i)
+        for i, (name, order) in enumerate(LABEL_ORDERS.items())
+    }
+    built["bert"] = build_test_model(root / "bert", arch="bert", seed=7)
+    for directory in built.values():
+        export(directory)
+    export(built["default"], "--quantize", "avx512_vnni")
+    return built
