@@ -42,7 +42,6 @@ TEST_RAY_CPUS = 8
 from serve_app.devtools.ports import free_port  # noqa: E402
 from serve_app.devtools.test_models import build_test_model  # noqa: E402
 
-
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
@@ -57,6 +56,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_test_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path) -> Any:
+    """The tiny model in an in-process Engine (no Ray), shared by the in-process HTTP tests."""
+    from serve_app.config import ModelConfig
+    from serve_app.engine.engine import Engine
+
+    return Engine(ModelConfig(model=str(tiny_model_dir)), str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def edge_server(tiny_model_dir: Path, tiny_engine: Any) -> Iterator[Any]:
+    """Serve the real FastAPI app in this process on a real socket (tests/edge.py): call it with
+    AppConfig overrides (and `rate_limited=True` for an in-process limiter); returns the URL."""
+    import contextlib
+
+    import edge
+
+    from serve_app.config import AppConfig
+
+    with contextlib.ExitStack() as servers:
+
+        def serve(*, environ: dict[str, str] | None = None, **overrides: Any) -> str:
+            config = AppConfig.model_validate(
+                {"model": str(tiny_model_dir), "jobs": {"enabled": False}, **overrides}
+            )
+            limiter = edge.local_limiter(config.rate_limit) if config.rate_limit.enabled else None
+            app = edge.edge_app(
+                config, edge.EngineScorer(tiny_engine), limiter=limiter, environ=environ
+            )
+            url: str = servers.enter_context(edge.serving(app))
+            return url
+
+        yield serve
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +187,29 @@ def zsc_handle(zsc_url: str):
     from ray import serve
 
     return serve.get_app_handle("zsc")
+
+
+@pytest.fixture
+def hf_client_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Let InferenceClient reach 127.0.0.1, with no telemetry and no token but the test's own;
+    returns where the client looks for a cached token. huggingface_hub reads HF_HUB_OFFLINE
+    (set above) once, at import, so the constants are patched in this process."""
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    token_path = tmp_path / "hf-home" / "token"
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(token_path))
+    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(token_path.parent / "stored"))
+    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(variable, raising=False)
+    return token_path
+
+
+@pytest.fixture
+def cached_hf_token(hf_client_online: Path) -> Iterator[str]:
+    """A token as `hf auth login` caches it; InferenceClient sends it when no token= is given."""
+    token = "hf_" + secrets.token_hex(17)
+    hf_client_online.parent.mkdir(parents=True, exist_ok=True)
+    hf_client_online.write_text(token)
+    yield token

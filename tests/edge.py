@@ -3,8 +3,8 @@ error handlers, scored by a real `Engine` in this process instead of Classifier 
 
 What the edge does on its own (validation, error envelopes, headers, auth, body limits, route
 shapes, the rate limit's answers) needs no Ray: `EngineScorer` implements the same `Scoring`
-interface as the Ray-backed `Scorer`, and `LocalLimiter` the same `Admission` as the limiter
-actors' client, deciding with the same `RateLimiter`. `serving()` puts the app on a real socket
+interface as the Ray-backed `Scorer`, and `local_limiter` is the limiter actors' client deciding
+with one in-process `RateLimiter`. `serving()` puts the app on a real socket
 (uvicorn in a thread) for clients that need a URL (huggingface_hub's InferenceClient, the CLI).
 What crosses Ray (batching, handles, jobs, the limiter actors) stays in the Ray tests.
 """
@@ -23,10 +23,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from serve_app.config import AppConfig, RateLimitConfig
-from serve_app.core.errors import LimitExceeded, RateLimited
-from serve_app.core.ratelimit import TOLERANCE, Decision, RateLimiter, policy_for
+from serve_app.core.ratelimit import Decision, RateLimiter
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
+from serve_app.deployments.limiter import RateLimitClient
 from serve_app.devtools.ports import free_port
 from serve_app.engine.engine import Engine
 from serve_app.http.app import create_app
@@ -65,24 +65,15 @@ class FailingScorer(EngineScorer):
         raise self.error
 
 
-class LocalLimiter:
-    """`Admission` deciding with one in-process `RateLimiter`, as one limiter shard does."""
+def local_limiter(config: RateLimitConfig) -> RateLimitClient:
+    """The ingress's rate-limit client, its buckets in one in-process `RateLimiter` instead of
+    limiter actors: the same admission rules, answers and headers."""
+    buckets = RateLimiter(config)
 
-    def __init__(self, config: RateLimitConfig) -> None:
-        self.config = config
-        self.limiter = RateLimiter(config)
+    async def decide(key: str, cost: float) -> Decision:
+        return buckets.try_acquire(key, cost)
 
-    def cost_of(self, pairs: int) -> float:
-        return float(pairs) if self.config.cost == "pairs" else 1.0
-
-    async def admit(self, key: str, cost: float) -> Decision | None:
-        burst = policy_for(self.config, key)[1].burst
-        if cost > burst + TOLERANCE:
-            raise LimitExceeded(f"this request costs {cost:g} but the burst is {burst:g}")
-        decision = self.limiter.try_acquire(key, cost)
-        if not decision.allowed:
-            raise RateLimited("rate limit exceeded", headers=decision.headers())
-        return decision
+    return RateLimitClient(config, decide=decide)
 
 
 def edge_app(

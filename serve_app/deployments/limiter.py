@@ -261,8 +261,16 @@ class RateLimitClient:
     configuration, so a bound method such as `client.acquire_wait` can be passed to a deployment.
     """
 
-    def __init__(self, config: RateLimitConfig, app_name: str | None = None):
+    def __init__(
+        self,
+        config: RateLimitConfig,
+        app_name: str | None = None,
+        decide: Callable[[str, float], Awaitable[Decision]] | None = None,
+    ):
         self._config = config
+        # Where acquisitions are decided: the limiter actors, or (tests of the HTTP edge) one
+        # in-process `RateLimiter` behind the same admission rules.
+        self._decide_here = decide
         self._app_name = app_name
         self._last_warning = -WARN_EVERY_S
         self._metrics = LimiterMetrics()
@@ -372,6 +380,8 @@ class RateLimitClient:
         """One acquisition through its shard's queue, answered within `timeout_s` or raising
         LimiterUnavailable."""
         check_cost(cost)  # here, so one bad cost cannot fail a batch of other clients' requests
+        if self._decide_here is not None:
+            return await self._decide_here(key, cost)
         shard = self._shards[shard_of(key, len(self._shards))]
         try:
             async with asyncio.timeout(self._config.timeout_s):

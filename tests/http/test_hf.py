@@ -1,7 +1,9 @@
-"""The Hugging Face task routes (`POST /`, `POST /predict`) on the live app, driven by the real
+"""The Hugging Face task routes (`POST /`, `POST /predict`) of the real FastAPI app, served in
+this process on a real socket (tests/edge.py), driven by the real
 `huggingface_hub.InferenceClient` and by plain httpx: every answer equals `/v1/classify`'s on
-the same body, every mistake is its 4xx, API keys and the shared rate limit apply, and the
-Hugging Face token the client sends on its own is never logged nor echoed.
+the same body, every mistake is its 4xx, API keys and the rate limit apply, and the Hugging
+Face token the client sends on its own is never echoed (tests/integration/test_hf_serve.py
+checks Serve's logs on the live app).
 
 `tests/conftest.py` sets HF_HUB_OFFLINE=1, under which the client refuses every URL, the local
 one too. It reads that once, at import, so the `hf_client_online` fixture patches the constants
@@ -11,100 +13,54 @@ in this process (the server runs in Ray's processes and never sees them).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import huggingface_hub.constants as hf_constants
 import pytest
-import ray
+from hf_helpers import (
+    BURST,
+    COSTLY,
+    KEY,
+    LABELS,
+    LIMITS,
+    RATE,
+    TEMPLATE,
+    TEXT,
+    TEXTS,
+    WRONG_KEY,
+    assert_ranked,
+    classify,
+    classify_status,
+    client,
+    hf_post,
+    labels_named,
+    scored,
+)
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 from live import wait_for
 
-from serve_app.config import LimitsConfig
 from serve_app.core.keys import hash_key
 from serve_app.core.results import RANDOM_MODEL_WARNING
 from serve_app.http.middleware.auth import SCHEME_NAME
 
-pytestmark = pytest.mark.ray
-
-TEXT = "The striker scored twice in the last ten minutes of the final."
-TEXTS = [TEXT, "Simmer the onions slowly in butter until golden.", "Parliament passed the bill."]
-LABELS = ["sports", "cooking", "politics"]
-TEMPLATE = "This text is about {}."
-# Random per run, so a key or token found in a log can only have come from this run.
-KEY = "alice-" + secrets.token_hex(12)
-WRONG_KEY = "wrong-" + secrets.token_hex(12)
-BURST = 10  # pairs; RATE pairs come back per second
-RATE = 1
-COSTLY = [f"label {i}" for i in range(9)]  # 9 pairs for one text: a drained bucket needs 8 s
-LIMITS = LimitsConfig()  # the defaults every app below runs with
-
-Scored = list[tuple[str, float]]
-
-
-@pytest.fixture(autouse=True)
-def hf_client_online(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Let InferenceClient reach 127.0.0.1, with no telemetry and no token but the test's own;
-    returns where the client looks for a cached token."""
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    token_path = tmp_path / "hf-home" / "token"
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(token_path))
-    monkeypatch.setattr(hf_constants, "HF_STORED_TOKENS_PATH", str(token_path.parent / "stored"))
-    for variable in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
-        monkeypatch.delenv(variable, raising=False)
-    return token_path
+pytestmark = pytest.mark.usefixtures("hf_client_online")
 
 
 @pytest.fixture(scope="module")
-def keys_url(deploy_app) -> str:
-    return deploy_app("hf-keys", auth={"api_key_hashes": {"alice": hash_key(KEY)}})
+def zsc_url(edge_server) -> str:
+    return edge_server()
 
 
 @pytest.fixture(scope="module")
-def limited_url(deploy_app) -> str:
+def keys_url(edge_server) -> str:
+    return edge_server(auth={"api_key_hashes": {"alice": hash_key(KEY)}})
+
+
+@pytest.fixture(scope="module")
+def limited_url(edge_server) -> str:
     # Auth is off: every request from this process pays from the bucket of 127.0.0.1.
-    return deploy_app(
-        "hf-limited", rate_limit={"enabled": True, "default": {"rate": RATE, "burst": BURST}}
-    )
-
-
-def client(url: str, **kwargs: Any) -> InferenceClient:
-    return InferenceClient(base_url=url, timeout=60, **kwargs)
-
-
-def scored(elements: list[Any]) -> Scored:
-    """InferenceClient's ZeroShotClassificationOutputElements (or the JSON dicts) as pairs."""
-    return [
-        (e["label"], e["score"]) if isinstance(e, dict) else (e.label, e.score) for e in elements
-    ]
-
-
-def classify(
-    url: str,
-    texts: list[str],
-    labels: list[str],
-    *,
-    multi_label: bool = False,
-    template: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> list[Scored]:
-    """What /v1/classify answers for the same request: each text's (label, score) in order."""
-    body: dict[str, Any] = {"texts": texts, "labels": labels, "multi_label": multi_label}
-    if template is not None:
-        body["hypothesis_template"] = template
-    response = httpx.post(f"{url}/v1/classify", json=body, headers=headers, timeout=60)
-    assert response.status_code == 200, response.text
-    return [list(zip(r["labels"], r["scores"])) for r in response.json()["results"]]
-
-
-def assert_ranked(answer: Scored, labels: list[str]) -> None:
-    assert sorted(label for label, _ in answer) == sorted(labels)
-    scores = [score for _, score in answer]
-    assert scores == sorted(scores, reverse=True), "labels are not sorted by score"
+    return edge_server(rate_limit={"enabled": True, "default": {"rate": RATE, "burst": BURST}})
 
 
 # ---- the real InferenceClient ----------------------------------------------------------------
@@ -192,16 +148,6 @@ def test_client_surfaces_a_429(limited_url: str) -> None:
 # ---- plain HTTP: the payloads of the inference toolkit and Inference Endpoints ---------------
 
 
-def hf_post(url: str, body: Any, path: str = "/", **kwargs: Any) -> httpx.Response:
-    return httpx.post(url + path, json=body, timeout=60, **kwargs)
-
-
-def classify_status(url: str, labels: list[str]) -> int:
-    return httpx.post(
-        f"{url}/v1/classify", json={"text": TEXT, "labels": labels}, timeout=60
-    ).status_code
-
-
 @pytest.mark.parametrize(
     ("path", "parameters", "multi_label", "template"),
     [
@@ -261,10 +207,6 @@ def test_the_random_model_warning_is_a_header(zsc_url: str) -> None:
     assert response.headers["x-zsc-warning"] == RANDOM_MODEL_WARNING
     own = httpx.post(f"{zsc_url}/v1/classify", json={"text": TEXT, "labels": LABELS}, timeout=60)
     assert own.json()["warning"] == RANDOM_MODEL_WARNING  # the same model, the same warning
-
-
-def _labels(n: int) -> list[str]:
-    return [f"label {i}" for i in range(n)]
 
 
 # (Hugging Face body, the equivalent /v1/classify body): both must fail the same way.
@@ -333,16 +275,16 @@ MALFORMED: dict[str, tuple[Any, Any]] = {
         {"text": TEXT, "labels": LABELS, "prefilter_top_k": 2},
     ),
     "too-many-labels": (
-        {"inputs": TEXT, "parameters": {"candidate_labels": _labels(LIMITS.max_labels + 1)}},
-        {"text": TEXT, "labels": _labels(LIMITS.max_labels + 1)},
+        {"inputs": TEXT, "parameters": {"candidate_labels": labels_named(LIMITS.max_labels + 1)}},
+        {"text": TEXT, "labels": labels_named(LIMITS.max_labels + 1)},
     ),
     "too-many-texts": (
         {"inputs": [TEXT] * (LIMITS.max_texts + 1), "parameters": {"candidate_labels": ["a"]}},
         {"texts": [TEXT] * (LIMITS.max_texts + 1), "labels": ["a"]},
     ),
     "too-many-pairs": (
-        {"inputs": [TEXT] * 100, "parameters": {"candidate_labels": _labels(50)}},
-        {"texts": [TEXT] * 100, "labels": _labels(50)},
+        {"inputs": [TEXT] * 100, "parameters": {"candidate_labels": labels_named(50)}},
+        {"texts": [TEXT] * 100, "labels": labels_named(50)},
     ),
     "text-too-long": (
         {"inputs": "x" * (LIMITS.max_text_chars + 1), "parameters": P},
@@ -422,10 +364,12 @@ def test_the_hf_route_pays_from_the_shared_bucket(limited_url: str) -> None:
 
 
 def test_a_request_over_the_burst_is_a_limit_error_not_a_429(limited_url: str) -> None:
-    body = {"inputs": TEXT, "parameters": {"candidate_labels": _labels(BURST + 1)}}
+    body = {"inputs": TEXT, "parameters": {"candidate_labels": labels_named(BURST + 1)}}
     response = hf_post(limited_url, body)
     own = httpx.post(
-        f"{limited_url}/v1/classify", json={"text": TEXT, "labels": _labels(BURST + 1)}, timeout=60
+        f"{limited_url}/v1/classify",
+        json={"text": TEXT, "labels": labels_named(BURST + 1)},
+        timeout=60,
     )
     assert own.status_code in (413, 422)
     assert (response.status_code, response.json()["error"]["type"]) == (
@@ -487,21 +431,12 @@ def test_openapi_documents_both_routes(zsc_url: str) -> None:
 # ---- the Hugging Face token the client sends by itself ---------------------------------------
 
 
-@pytest.fixture
-def cached_hf_token(hf_client_online: Path) -> Iterator[str]:
-    """A token as `hf auth login` caches it; InferenceClient sends it when no token= is given."""
-    token = "hf_" + secrets.token_hex(17)
-    hf_client_online.parent.mkdir(parents=True, exist_ok=True)
-    hf_client_online.write_text(token)
-    yield token
-
-
 def assert_not_echoed(response: httpx.Response, secret: str) -> None:
     assert secret not in response.text
     assert not any(secret in value for value in response.headers.values())
 
 
-def test_a_cached_hf_token_is_neither_logged_nor_echoed(
+def test_a_cached_hf_token_is_never_echoed(
     zsc_url: str, keys_url: str, cached_hf_token: str
 ) -> None:
     marker = "zsc-hf-" + secrets.token_hex(8)
@@ -523,20 +458,8 @@ def test_a_cached_hf_token_is_neither_logged_nor_echoed(
     for url, body in (
         (zsc_url, {"inputs": TEXT, "parameters": {"candidate_labels": LABELS}}),
         (zsc_url, {"inputs": TEXT, "parameters": {}}),
-        (zsc_url, {"inputs": TEXT, "parameters": {"candidate_labels": _labels(100)}}),
+        (zsc_url, {"inputs": TEXT, "parameters": {"candidate_labels": labels_named(100)}}),
         (keys_url, {"inputs": TEXT, "parameters": {"candidate_labels": LABELS}}),
     ):
         for path in ("/", "/predict"):
             assert_not_echoed(hf_post(url, body, path, headers=auth), cached_hf_token)
-
-    logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
-
-    def logged() -> list[str]:
-        texts = [p.read_text(errors="replace") for p in logs_dir.rglob("*") if p.is_file()]
-        found = all(any(f"{marker}-{tag}" in t for t in texts) for tag in ("open", "keys"))
-        return texts if found else []
-
-    # Serve tags each request's log lines with its X-Request-ID: both are written, now look.
-    texts = wait_for(logged, 60, "the requests' access log lines")
-    assert any(f"{marker}-keys" in t and "401" in t for t in texts)
-    assert not any(cached_hf_token in text for text in texts), "the HF token reached a log"
