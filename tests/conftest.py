@@ -68,9 +68,12 @@ def tiny_engine(tiny_model_dir: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def edge_server(tiny_model_dir: Path, tiny_engine: Any) -> Iterator[Any]:
+def edge_server(
+    tiny_model_dir: Path, tiny_engine: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """Serve the real FastAPI app in this process on a real socket (tests/edge.py): call it with
-    AppConfig overrides (and `rate_limited=True` for an in-process limiter); returns the URL."""
+    AppConfig overrides; returns the URL. A rate limit decides in-process; jobs (when enabled)
+    run in the JobRunner's own class in this process, on a store of their own."""
     import contextlib
 
     import edge
@@ -80,13 +83,14 @@ def edge_server(tiny_model_dir: Path, tiny_engine: Any) -> Iterator[Any]:
     with contextlib.ExitStack() as servers:
 
         def serve(*, environ: dict[str, str] | None = None, **overrides: Any) -> str:
-            config = AppConfig.model_validate(
-                {"model": str(tiny_model_dir), "jobs": {"enabled": False}, **overrides}
-            )
+            store = tmp_path_factory.mktemp("edge-jobs") / "jobs.sqlite3"
+            overrides.setdefault("jobs", {"enabled": False})
+            overrides["jobs"] = {"db_path": str(store), **overrides["jobs"]}
+            config = AppConfig.model_validate({"model": str(tiny_model_dir), **overrides})
+            scorer = edge.EngineScorer(tiny_engine)
             limiter = edge.local_limiter(config.rate_limit) if config.rate_limit.enabled else None
-            app = edge.edge_app(
-                config, edge.EngineScorer(tiny_engine), limiter=limiter, environ=environ
-            )
+            jobs = edge.local_jobs(config, scorer) if config.jobs.enabled else None
+            app = edge.edge_app(config, scorer, jobs=jobs, limiter=limiter, environ=environ)
             url: str = servers.enter_context(edge.serving(app))
             return url
 

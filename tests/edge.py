@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from serve_app.config import AppConfig, RateLimitConfig
 from serve_app.core.ratelimit import Decision, RateLimiter
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
+from serve_app.deployments.job_runner import JobRunner
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.devtools.ports import free_port
 from serve_app.engine.engine import Engine
@@ -74,6 +75,37 @@ def local_limiter(config: RateLimitConfig) -> RateLimitClient:
         return buckets.try_acquire(key, cost)
 
     return RateLimitClient(config, decide=decide)
+
+
+class LocalHandle:
+    """A DeploymentHandle's calling convention over an object in this process:
+    `handle.method.remote(*args)` awaits `obj.method(*args)`. The object is made on the first
+    call, inside the serving event loop (a JobRunner starts its loops on the running loop)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._target: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        handle = self
+
+        class Method:
+            def remote(self, *args: Any, **kwargs: Any) -> Any:
+                async def call() -> Any:
+                    if handle._target is None:
+                        handle._target = handle._factory()
+                    return await getattr(handle._target, name)(*args, **kwargs)
+
+                return call()
+
+        return Method()
+
+
+def local_jobs(config: AppConfig, scorer: Any) -> LocalHandle:
+    """The JobRunner deployment's own class, in this process: the real scheduler, store and
+    webhook outbox, scoring through `scorer`, reached the way the routes reach the replica."""
+    runner = JobRunner.func_or_class
+    return LocalHandle(lambda: runner(config.jobs, scorer, None))
 
 
 def edge_app(
