@@ -1,7 +1,10 @@
-"""API keys: their configuration and lookup (no Ray), then the real app as deployed, over
-HTTP, with keys from both `auth.api_key_hashes` and the environment (`auth.api_keys_env`)."""
+"""API keys: their configuration and lookup, then the real FastAPI app served in this process
+(tests/edge.py), over HTTP, with keys from both `auth.api_key_hashes` and the environment
+(`auth.api_keys_env`)."""
 
 from __future__ import annotations
+
+import os
 
 import httpx
 import pytest
@@ -66,8 +69,8 @@ def test_zsc_hash_key_prints_only_the_configured_form() -> None:
 
 # ---- the real app, over HTTP -----------------------------------------------------------------
 # Keys come from both sources at once: alice's digest from `auth.api_key_hashes`, and the plain
-# keys conftest put in the environment every Ray worker inherits (ENV_KEYS_VAR), named by
-# `auth.api_keys_env` as a pod names ZSC_API_KEYS, and hashed by the ingress replica at start.
+# keys conftest put in the environment (ENV_KEYS_VAR), named by `auth.api_keys_env` as a pod
+# names ZSC_API_KEYS, and hashed when the app is built, as the ingress replica does at start.
 
 CLASSIFY = {"text": "The striker scored twice.", "labels": ["sports", "cooking"]}
 HF_BODY = {"inputs": "The striker scored twice.", "parameters": {"candidate_labels": ["a", "b"]}}
@@ -75,14 +78,14 @@ HF_BODY = {"inputs": "The striker scored twice.", "parameters": {"candidate_labe
 
 
 @pytest.fixture(scope="module")
-def url(deploy_app) -> str:
-    return deploy_app(
-        "authkeys",
+def url(edge_server) -> str:
+    return edge_server(
         auth={"api_key_hashes": {"alice": hash_key(ALICE_KEY)}, "api_keys_env": ENV_KEYS_VAR},
+        jobs={"enabled": True},
+        environ=dict(os.environ),
     )
 
 
-@pytest.mark.ray
 def test_keys_from_hashes_and_from_the_environment_are_both_served(url: str) -> None:
     for key, scheme in ((ALICE_KEY, "Bearer"), (ENV_KEY, "bearer")):  # the scheme is caseless
         response = httpx.post(
@@ -92,7 +95,6 @@ def test_keys_from_hashes_and_from_the_environment_are_both_served(url: str) -> 
         assert sorted(response.json()["results"][0]["labels"]) == ["cooking", "sports"]
 
 
-@pytest.mark.ray
 def test_v1_needs_a_valid_bearer_key(url: str) -> None:
     missing = httpx.post(f"{url}/v1/classify", json=CLASSIFY, timeout=30)
     assert missing.status_code == 401
@@ -110,7 +112,6 @@ def test_v1_needs_a_valid_bearer_key(url: str) -> None:
         assert refused.status_code == 401, headers
 
 
-@pytest.mark.ray
 def test_the_key_is_checked_before_the_body_is_read(url: str) -> None:
     broken = {"content": b'{"text": ', "headers": {"Content-Type": "application/json"}}
     assert httpx.post(f"{url}/v1/classify", timeout=30, **broken).status_code == 401
@@ -123,7 +124,6 @@ def test_the_key_is_checked_before_the_body_is_read(url: str) -> None:
     assert with_key.status_code == 400 and with_key.json()["error"]["type"] == "invalid_json"
 
 
-@pytest.mark.ray
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -144,7 +144,6 @@ def test_protected_routes_under_the_prefix_are_401_without_a_key(
     assert response.json()["error"]["type"] == "unauthorized"
 
 
-@pytest.mark.ray
 def test_health_page_and_docs_stay_open_and_declare_the_scheme(url: str) -> None:
     assert httpx.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
     assert httpx.get(f"{url}/", timeout=30).status_code == 200  # the page asks for a key
@@ -171,7 +170,6 @@ def test_health_page_and_docs_stay_open_and_declare_the_scheme(url: str) -> None
     assert httpx.get(f"{url}/openapi.json", timeout=30).json() == spec  # built once, stays
 
 
-@pytest.mark.ray
 def test_the_key_name_owns_the_job(url: str) -> None:
     """The name of the key (here one read from the environment) reaches the routes: jobs are
     its own, and another key's caller cannot see them."""
