@@ -26,7 +26,6 @@ from serve_app.engine.backends import backend_type
 from serve_app.engine.source import ModelLoadError, read_label_indices, resolve_model_source
 from serve_app.engine.threads import affinity_cpus
 
-APP_NAME = "zsc"
 # Ray's resource on the head node; a tiny amount of it pins an actor there.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
 # The CPU reservation of the Classifier with `num_cpus: auto` never drops below this.

@@ -25,9 +25,6 @@ class ClientError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def to_body(self) -> dict[str, Any]:
-        return error_body(self.type, self.message)
-
 
 class LimitExceeded(ClientError):
     """A configured size limit was breached; the message names the limit and the way out."""

@@ -120,14 +120,3 @@ def score_texts(
         results.append(rank(text, labels, label_scores(rows, indices, multi_label)))
         start += len(labels)
     return results
-
-
-def classify_from_logits(
-    texts: Sequence[str],
-    labels: Sequence[str],
-    logits: np.ndarray,
-    indices: NLILabelIndices,
-    multi_label: bool,
-) -> list[TextResult]:
-    """`score_texts` where every text has the same labels."""
-    return score_texts(texts, [labels] * len(texts), logits, indices, multi_label)

@@ -54,11 +54,6 @@ class PreparedRequest:
     def with_candidates(self, candidates: list[list[int]]) -> PreparedRequest:
         return dataclasses.replace(self, candidates=candidates)
 
-    def slice(self, start: int, stop: int) -> PreparedRequest:
-        """Texts [start, stop) with the same settings (a job's chunk)."""
-        candidates = None if self.candidates is None else self.candidates[start:stop]
-        return dataclasses.replace(self, texts=self.texts[start:stop], candidates=candidates)
-
 
 def validate_template(template: str) -> None:
     if template.count("{}") != 1:

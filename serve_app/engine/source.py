@@ -90,7 +90,3 @@ def read_model_files(source: str) -> ModelFiles:
 def read_label_indices(source: str) -> NLILabelIndices:
     """Entailment and contradiction in the model's label map; ModelLabelError if unusable."""
     return nli_label_indices(read_model_files(source).id2label)
-
-
-def is_random_test_model(source: str) -> bool:
-    return (Path(source) / "config.json").is_file() and read_model_files(source).random_weights
