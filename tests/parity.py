@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from serve_app.core.nli import NLILabelIndices, score_texts
+from serve_app.core.results import TextResult
 
 LONG_TEXT = "The central bank raised interest rates again to fight inflation. " * 30
 
@@ -95,3 +101,14 @@ def assert_same_results(
             if gl != wl:
                 assert abs(got["scores"][i] - want["scores"][i]) <= tol
                 assert wl in got["labels"], (got, want)
+
+
+def classify_from_logits(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    logits: np.ndarray,
+    indices: NLILabelIndices,
+    multi_label: bool,
+) -> list[TextResult]:
+    """`score_texts` where every text has the same labels (the pipeline's case)."""
+    return score_texts(texts, [labels] * len(texts), logits, indices, multi_label)

