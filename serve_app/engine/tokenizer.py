@@ -84,9 +84,12 @@ def _missing_converter(directory: Path) -> str | None:
     models = sorted(p.name for p in directory.glob("*.model"))
     if not models:
         return None
-    import importlib.util
-
-    if importlib.util.find_spec("sentencepiece") and importlib.util.find_spec("google.protobuf"):
+    try:
+        import google.protobuf  # noqa: F401
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        pass
+    else:
         return None
     return (
         f"{directory} has a SentencePiece model ({', '.join(models)}) but no tokenizer.json; "
