@@ -173,7 +173,11 @@ class Engine:
         out = np.empty((len(distinct), len(self.id2label)), dtype=np.float32)
         budget = self.forward_tokens if max_batch_tokens is None else max_batch_tokens
         chunks = length_buckets(order, distinct, budget)
-        if self._pool is not None and len(distinct) > 1:
+        rows = self.backend.max_rows_per_forward
+        if rows is not None:
+            # The backend's scores would depend on what shares a forward (protocol.py).
+            chunks = [chunk[i : i + rows] for chunk in chunks for i in range(0, len(chunk), rows)]
+        elif self._pool is not None and len(distinct) > 1:
             chunks = balanced(order, distinct, len(chunks), self.workers)
         self._run(chunks, distinct, out)
         return out[[unique[p] for p in pairs]]
@@ -213,8 +217,10 @@ class Engine:
         files cannot serve it (a position table shorter than its tokenizer says) stops here, at
         start, with one line (ModelLoadError), not on a caller's long text."""
         shapes = [*WARM_UP_SHAPES, (self.window, 1)]
+        most = self.backend.max_rows_per_forward
         for length, rows in shapes:
             n = min(length, self.window)
+            rows = min(rows, most) if most is not None else rows
             pairs: list[Pair] = [((self.tokenizer.pad_id + 1,) * n, None)] * rows
             batch = pad(pairs, self.tokenizer.pad_id, self.tokenizer.uses_token_types)
             for _ in range(self.workers if length != self.window else 1):

@@ -54,6 +54,11 @@ class Backend(Protocol):
 
     name: str
     device: str
+    # The most pairs one forward may hold, or None for any. Dynamic int8 quantisation picks an
+    # activation scale per input tensor, so a padded batch gives a pair scores that depend on
+    # its neighbours (up to 0.18 apart on tiny models); run one pair per forward, the scale is
+    # the pair's own and its scores are the same whoever else is calling.
+    max_rows_per_forward: int | None
 
     def forward(self, batch: PaddedBatch) -> np.ndarray:
         """Float32 logits of shape (rows, classes), in the batch's row order."""
