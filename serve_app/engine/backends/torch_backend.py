@@ -85,7 +85,7 @@ class TorchInt8Backend(TorchBackend):
     # Dynamic quantisation scales each forward's activations by that tensor's range, padding
     # rows and other pairs included: one pair per forward keeps a pair's scores its own. Small
     # forwards cost no more per token on CPU, and no padding is computed at all.
-    max_rows_per_forward = 1
+    max_rows_per_forward: int | None = 1
 
     @staticmethod
     def pick_device(requested: str) -> str:
