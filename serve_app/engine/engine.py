@@ -96,6 +96,10 @@ class Engine:
         self.cache = ResultCache(settings.result_cache_entries)
         # Called with the seconds of each backend forward (one padded sub-batch), for metrics.
         self.on_forward: Callable[[float], None] | None = None
+        # Called with the rows of each half-precision batch rerun in float32 (non-finite logits).
+        self.on_float32_rerun: Callable[[int], None] | None = None
+        self.float32_reruns = 0  # batches rerun so far
+        self.backend.on_float32_rerun = self._float32_rerun
         # The calling thread runs sub-batches too, so workers - 1 more threads.
         self._pool = (
             ThreadPoolExecutor(self.workers - 1, thread_name_prefix="zsc-forward")
@@ -210,6 +214,11 @@ class Engine:
         for helper in helpers:
             helper.result()
 
+    def _float32_rerun(self, rows: int) -> None:
+        self.float32_reruns += 1
+        if self.on_float32_rerun is not None:
+            self.on_float32_rerun(rows)
+
     def warm_up(self) -> None:
         """Run a few typical shapes once, so the first request costs what later ones cost.
 
@@ -245,6 +254,7 @@ class Engine:
             "entailment_index": self.indices.entailment,
             "contradiction_index": self.indices.contradiction,
             "random_weights": self.files.random_weights,
+            "float32_reruns": self.float32_reruns,
             # The layout in use: threads x workers on the CPUs this replica may use.
             "cpus": self.cpus,
             "torch_threads": self.threads,

@@ -4,6 +4,7 @@ can leave torch out; `zsc export onnx` writes these files for local models."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class OnnxBackend:
         self.device = device
         self.threads = threads
         self.max_rows_per_forward = max_rows_per_forward
+        self.on_float32_rerun: Callable[[int], None] | None = None  # ONNX files run as exported
         self._inputs = {i.name for i in session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
