@@ -86,7 +86,11 @@ class ModelConfig(_Section):
         "entries (~200 bytes each); 0 = off. Repeated pairs then skip the model.",
     )
     max_length: int | None = Field(
-        None, ge=8, description="Token window per pair; default = the tokenizer's model_max_length."
+        None,
+        ge=8,
+        description="Token window per pair, at most what the model takes: the window is the "
+        "smallest of this, the tokenizer's model_max_length and the model's usable positions "
+        "(512 of RoBERTa's 514).",
     )
 
 
