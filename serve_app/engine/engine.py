@@ -166,6 +166,8 @@ class Engine:
         size (longest x count) stays within max_batch_tokens (default: forward_tokens), so short
         pairs never pay for long. With several workers the sorted pairs are re-cut into runs of
         equal padded cost, a multiple of the workers, run that many at once, costliest first.
+        A backend whose scores would depend on what shares a forward (dynamic int8) gets at
+        most `max_rows_per_forward` pairs in each.
         """
         if not pairs:
             return np.zeros((0, len(self.id2label)), dtype=np.float32)
