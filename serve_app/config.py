@@ -39,7 +39,10 @@ class ModelConfig(_Section):
         "auto", description="auto picks cuda when a GPU is visible to the replica."
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto is float16 on cuda and float32 on cpu."
+        "auto",
+        description="auto is float32 on cpu; on cuda bfloat16 where the GPU supports it, else "
+        "float16. A half-precision batch with non-finite logits (fp16 overflow) runs again in "
+        "float32 (metric zsc_float32_reruns).",
     )
     backend: Literal["torch", "int8", "onnx"] = Field(
         "torch",
@@ -83,7 +86,11 @@ class ModelConfig(_Section):
         "entries (~200 bytes each); 0 = off. Repeated pairs then skip the model.",
     )
     max_length: int | None = Field(
-        None, ge=8, description="Token window per pair; default = the tokenizer's model_max_length."
+        None,
+        ge=8,
+        description="Token window per pair, at most what the model takes: the window is the "
+        "smallest of this, the tokenizer's model_max_length and the model's usable positions "
+        "(512 of RoBERTa's 514).",
     )
 
 

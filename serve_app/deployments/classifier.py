@@ -62,6 +62,7 @@ class Classifier:
         self.engine = Engine(settings, source, cpu_budget)
         self.metrics = ClassifierMetrics(settings.backend)
         self.engine.on_forward = self.metrics.forward
+        self.engine.on_float32_rerun = self.metrics.float32_rerun
         self._batching = _BATCHING_DEFAULTS
         # Recent batches, for tests, benchmarks and `GET /v1/model` (Prometheus may not be
         # scraped); a bounded deque, appended to in place.

@@ -27,7 +27,7 @@ from serve_app.core.results import Classification, PrefilterUsage
 from serve_app.engine.backends import backend_type
 from serve_app.engine.protocol import Backend, LoadRequest, Pair
 from serve_app.engine.scheduling import balanced, length_buckets, pad, pair_tokens
-from serve_app.engine.source import read_model_files
+from serve_app.engine.source import ModelLoadError, read_model_files
 from serve_app.engine.threads import replica_cpus, thread_plan
 from serve_app.engine.tokenizer import EncodedRequest, PairTokenizer
 
@@ -96,6 +96,10 @@ class Engine:
         self.cache = ResultCache(settings.result_cache_entries)
         # Called with the seconds of each backend forward (one padded sub-batch), for metrics.
         self.on_forward: Callable[[float], None] | None = None
+        # Called with the rows of each half-precision batch rerun in float32 (non-finite logits).
+        self.on_float32_rerun: Callable[[int], None] | None = None
+        self.float32_reruns = 0  # batches rerun so far
+        self.backend.on_float32_rerun = self._float32_rerun
         # The calling thread runs sub-batches too, so workers - 1 more threads.
         self._pool = (
             ThreadPoolExecutor(self.workers - 1, thread_name_prefix="zsc-forward")
@@ -162,6 +166,8 @@ class Engine:
         size (longest x count) stays within max_batch_tokens (default: forward_tokens), so short
         pairs never pay for long. With several workers the sorted pairs are re-cut into runs of
         equal padded cost, a multiple of the workers, run that many at once, costliest first.
+        A backend whose scores would depend on what shares a forward (dynamic int8) gets at
+        most `max_rows_per_forward` pairs in each.
         """
         if not pairs:
             return np.zeros((0, len(self.id2label)), dtype=np.float32)
@@ -173,7 +179,11 @@ class Engine:
         out = np.empty((len(distinct), len(self.id2label)), dtype=np.float32)
         budget = self.forward_tokens if max_batch_tokens is None else max_batch_tokens
         chunks = length_buckets(order, distinct, budget)
-        if self._pool is not None and len(distinct) > 1:
+        rows = self.backend.max_rows_per_forward
+        if rows is not None:
+            # The backend's scores would depend on what shares a forward (protocol.py).
+            chunks = [chunk[i : i + rows] for chunk in chunks for i in range(0, len(chunk), rows)]
+        elif self._pool is not None and len(distinct) > 1:
             chunks = balanced(order, distinct, len(chunks), self.workers)
         self._run(chunks, distinct, out)
         return out[[unique[p] for p in pairs]]
@@ -206,14 +216,34 @@ class Engine:
         for helper in helpers:
             helper.result()
 
+    def _float32_rerun(self, rows: int) -> None:
+        self.float32_reruns += 1
+        if self.on_float32_rerun is not None:
+            self.on_float32_rerun(rows)
+
     def warm_up(self) -> None:
-        """Run a few typical shapes once, so the first request costs what later ones cost."""
-        for length, rows in WARM_UP_SHAPES:
+        """Run a few typical shapes once, so the first request costs what later ones cost.
+
+        The longest is a full window, the longest pair a request can bring, so a model whose
+        files cannot serve it (a position table shorter than its tokenizer says) stops here, at
+        start, with one line (ModelLoadError), not on a caller's long text."""
+        shapes = [*WARM_UP_SHAPES, (self.window, 1)]
+        most = self.backend.max_rows_per_forward
+        for length, rows in shapes:
             n = min(length, self.window)
+            rows = min(rows, most) if most is not None else rows
             pairs: list[Pair] = [((self.tokenizer.pad_id + 1,) * n, None)] * rows
             batch = pad(pairs, self.tokenizer.pad_id, self.tokenizer.uses_token_types)
-            for _ in range(self.workers):
-                self.backend.forward(batch)
+            for _ in range(self.workers if length != self.window else 1):
+                try:
+                    self.backend.forward(batch)
+                except Exception as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    raise ModelLoadError(
+                        f"{self.source} cannot run a batch of {rows} x {n} tokens within its "
+                        f"window of {self.window} ({type(exc).__name__}: {first}); set max_length "
+                        "to what the model takes"
+                    ) from None
 
     def describe(self) -> dict[str, Any]:
         runtime = self.backend.describe()
@@ -226,6 +256,7 @@ class Engine:
             "entailment_index": self.indices.entailment,
             "contradiction_index": self.indices.contradiction,
             "random_weights": self.files.random_weights,
+            "float32_reruns": self.float32_reruns,
             # The layout in use: threads x workers on the CPUs this replica may use.
             "cpus": self.cpus,
             "torch_threads": self.threads,

@@ -8,6 +8,7 @@ ONNX Runtime, ...) is one module in `backends/` that implements `BackendType` an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ class ModelFiles:
 
     source: str
     id2label: dict[int, str]
-    max_positions: int | None
+    max_positions: int | None  # tokens the position table takes (after any offset)
     random_weights: bool
 
 
@@ -54,6 +55,14 @@ class Backend(Protocol):
 
     name: str
     device: str
+    # The most pairs one forward may hold, or None for any. Dynamic int8 quantisation picks an
+    # activation scale per input tensor, so a padded batch gives a pair scores that depend on
+    # its neighbours (up to 0.18 apart on tiny models); run one pair per forward, the scale is
+    # the pair's own and its scores are the same whoever else is calling.
+    max_rows_per_forward: int | None
+    # Set by the engine: called with the rows of a half-precision batch whose logits were not
+    # all finite and that ran again in float32 (backends that never do so never call it).
+    on_float32_rerun: Callable[[int], None] | None
 
     def forward(self, batch: PaddedBatch) -> np.ndarray:
         """Float32 logits of shape (rows, classes), in the batch's row order."""

@@ -57,6 +57,12 @@ class ClassifierMetrics:
             description="Distinct pairs in one batch (duplicates are computed once).",
             boundaries=COUNTS,
         )
+        self.float32_reruns = Counter(
+            "zsc_float32_reruns",
+            description="Half-precision batches whose logits were not all finite (fp16 overflow) "
+            "and that ran again in float32.",
+            tag_keys=("backend",),
+        )
         self.cache_lookups = Counter(
             "zsc_cache_lookups",
             description="Result cache lookups by outcome (hit or miss).",
@@ -65,6 +71,9 @@ class ClassifierMetrics:
 
     def forward(self, seconds: float) -> None:
         self.forward_s.observe(seconds, tags=self.backend_tags)
+
+    def float32_rerun(self, rows: int) -> None:
+        self.float32_reruns.inc(tags=self.backend_tags)
 
     def scored(self, pairs: int) -> None:
         add(self.pairs_scored, pairs, self.backend_tags)

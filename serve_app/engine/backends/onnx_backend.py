@@ -4,6 +4,7 @@ can leave torch out; `zsc export onnx` writes these files for local models."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ from serve_app.engine.source import ModelLoadError
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 FALLBACK_FILE = "model.onnx"
+# Operators that quantise activations with a scale computed from each input tensor at run time
+# (what `quantize_dynamic` writes): a graph holding one runs a pair per forward (protocol.py).
+DYNAMIC_QUANTISATION = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
+
+
+def quantises_per_batch(path: Path) -> bool:
+    """Whether the graph quantises activations with run-time, per-tensor scales."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.op_type in DYNAMIC_QUANTISATION for node in graph.node)
 
 
 def onnx_path(source: str, onnx_file: str) -> Path:
@@ -33,12 +45,19 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(
-        self, session: ort.InferenceSession, path: Path, device: str, threads: int
+        self,
+        session: ort.InferenceSession,
+        path: Path,
+        device: str,
+        threads: int,
+        max_rows_per_forward: int | None = None,
     ) -> None:
         self.session = session
         self.path = path
         self.device = device
         self.threads = threads
+        self.max_rows_per_forward = max_rows_per_forward
+        self.on_float32_rerun: Callable[[int], None] | None = None  # ONNX files run as exported
         self._inputs = {i.name for i in session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - self._inputs
         if missing:
@@ -83,7 +102,8 @@ class OnnxBackend:
             raise ModelLoadError(f"ONNX Runtime cannot load {path}: {exc}") from None
         if request.device == "cuda" and session.get_providers()[0] != CUDA:
             raise ModelLoadError(f"ONNX Runtime could not place {path} on the GPU")
-        return OnnxBackend(session, path, request.device, request.threads)
+        rows = 1 if quantises_per_batch(path) else None
+        return OnnxBackend(session, path, request.device, request.threads, rows)
 
     def forward(self, batch: PaddedBatch) -> np.ndarray:
         feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
@@ -100,4 +120,5 @@ class OnnxBackend:
             "onnx_file": str(self.path),
             "execution_providers": self.session.get_providers(),
             "threads": self.threads,
+            "max_rows_per_forward": self.max_rows_per_forward,
         }

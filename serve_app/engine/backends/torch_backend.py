@@ -1,8 +1,14 @@
 """The torch backend: `AutoModelForSequenceClassification` in fp32/fp16/bf16, or dynamically
-quantised to int8 (`backend: int8`, CPU only: 1.9-2.9x fp32 here)."""
+quantised to int8 (`backend: int8`, CPU only, one pair per forward).
+
+In half precision a batch whose logits are not all finite (fp16 overflows past 65504: DeBERTa-v3
+does, microsoft/DeBERTa#77) runs again in float32, from the fp32 weights loaded the first time
+it happens, and is counted (`on_float32_rerun`)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,16 +19,39 @@ from serve_app.engine.protocol import Backend, LoadRequest, PaddedBatch
 from serve_app.engine.source import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def resolve_dtype(requested: str, device: str) -> str:
+    """`auto`: float32 on CPU; on a GPU bfloat16 where it runs it (fp32's range, so no
+    overflow), else float16."""
+    if requested != "auto":
+        return requested
+    if device != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
 class TorchBackend:
     name = "torch"
+    max_rows_per_forward: int | None = None
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, threads: int) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        threads: int,
+        request: LoadRequest | None = None,
+    ) -> None:
         self.model = model
         self._device = device
         self.device = device.type
         self.threads = threads
+        self._request = request
+        self._float32: torch.nn.Module | None = None
+        self._float32_lock = threading.Lock()
+        # Called with the rows of each half-precision batch rerun in float32 (for metrics).
+        self.on_float32_rerun: Callable[[int], None] | None = None
 
     @staticmethod
     def pick_device(requested: str) -> str:
@@ -40,9 +69,7 @@ class TorchBackend:
     def _load_model(cls, request: LoadRequest) -> torch.nn.Module:
         # One intra-op pool per process: the engine runs `workers` forwards of this many threads.
         torch.set_num_threads(request.threads)
-        dtype = request.dtype
-        if dtype == "auto":
-            dtype = "float16" if request.device == "cuda" else "float32"
+        dtype = resolve_dtype(request.dtype, request.device)
         model = AutoModelForSequenceClassification.from_pretrained(
             request.files.source, revision=request.revision, dtype=_DTYPES[dtype]
         )
@@ -52,7 +79,20 @@ class TorchBackend:
     def load(cls, request: LoadRequest) -> Backend:
         model = cls._load_model(request)
         device = torch.device(request.device)
-        return cls(model.to(device), device, request.threads)
+        return cls(model.to(device), device, request.threads, request)
+
+    def _float32_model(self) -> torch.nn.Module:
+        """The model in float32, loaded from its files on the first overflow and kept."""
+        with self._float32_lock:
+            if self._float32 is None:
+                assert self._request is not None  # half precision is only loaded by `load`
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    self._request.files.source,
+                    revision=self._request.revision,
+                    dtype=torch.float32,
+                )
+                self._float32 = model.eval().to(self._device)
+            return self._float32
 
     def forward(self, batch: PaddedBatch) -> np.ndarray:
         inputs = {
@@ -63,6 +103,10 @@ class TorchBackend:
             inputs["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self._device)
         with torch.inference_mode():
             logits = self.model(**inputs).logits
+            if logits.dtype in _HALF and not bool(torch.isfinite(logits).all()):
+                logits = self._float32_model()(**inputs).logits
+                if self.on_float32_rerun is not None:
+                    self.on_float32_rerun(int(logits.shape[0]))
         return logits.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -77,9 +121,14 @@ class TorchBackend:
 
 
 class TorchInt8Backend(TorchBackend):
-    """Linear layers quantised to int8 at load time (`torch.ao.quantization.quantize_dynamic`)."""
+    """Linear layers quantised to int8 at load time (`torch.ao.quantization.quantize_dynamic`),
+    one pair per forward."""
 
     name = "int8"
+    # Dynamic quantisation scales each forward's activations by that tensor's range, padding
+    # rows and other pairs included: one pair per forward keeps a pair's scores its own. Small
+    # forwards cost no more per token on CPU, and no padding is computed at all.
+    max_rows_per_forward: int | None = 1
 
     @staticmethod
     def pick_device(requested: str) -> str:
@@ -95,4 +144,8 @@ class TorchInt8Backend(TorchBackend):
         return cls(model, torch.device("cpu"), request.threads)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "dtype": "qint8 (dynamic, Linear layers)"}
+        return {
+            **super().describe(),
+            "dtype": "qint8 (dynamic, Linear layers)",
+            "max_rows_per_forward": self.max_rows_per_forward,
+        }
