@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from serve_app.core.nli import NLILabelIndices, score_texts
 from serve_app.core.results import TextResult
+from serve_app.devtools.test_models import _CORPUS
 
 LONG_TEXT = "The central bank raised interest rates again to fight inflation. " * 30
 
@@ -112,3 +114,10 @@ def classify_from_logits(
 ) -> list[TextResult]:
     """`score_texts` where every text has the same labels (the pipeline's case)."""
     return score_texts(texts, [labels] * len(texts), logits, indices, multi_label)
+
+
+def mixed_texts(n: int = 20, seed: int = 5) -> list[str]:
+    """Texts from 1 to ~60 words: lengths that pad each other in a batch, some past the window."""
+    words = _CORPUS.split()
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.choice([1, 3, 8, 15, 30, 60]))) for _ in range(n)]

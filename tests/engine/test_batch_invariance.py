@@ -5,16 +5,14 @@ what each gets alone."""
 
 from __future__ import annotations
 
-import random
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
+from parity import mixed_texts
 
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.core.requests import prepare_request
-from serve_app.devtools.test_models import _CORPUS, build_test_model
+from serve_app.devtools.test_models import build_test_model
 from serve_app.engine.engine import Engine
 from serve_app.engine.export import quantize_onnx
 
@@ -26,13 +24,6 @@ BACKENDS = {
     "onnx": {"backend": "onnx"},
     "onnx-int8": {"backend": "onnx", "onnx_file": "onnx/model_qint8_avx512_vnni.onnx"},
 }
-
-
-def mixed_texts(n: int = 20, seed: int = 5) -> list[str]:
-    """Texts from 1 to ~60 words: lengths that pad each other in a batch, some past the window."""
-    words = _CORPUS.split()
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(words, k=rng.choice([1, 3, 8, 15, 30, 60]))) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -56,22 +47,3 @@ def test_one_by_one_equals_one_mixed_batch(model: Path, name: str) -> None:
     together = scores(engine, texts)
     worst = max(abs(a[label] - b[label]) for a, b in zip(alone, together) for label in LABELS)
     assert worst <= TOLERANCE, f"{name}: a text's scores moved by {worst} with its neighbours"
-
-
-@pytest.mark.ray
-def test_concurrent_requests_get_what_each_gets_alone(zsc_url: str) -> None:
-    texts = mixed_texts(seed=9)
-
-    def classify(text: str) -> list[float]:
-        body = {"texts": [text], "labels": LABELS, "multi_label": True}
-        # The session app has no result cache (the default): every call runs the model.
-        response = httpx.post(f"{zsc_url}/v1/classify", json=body, timeout=60)
-        assert response.status_code == 200, response.text
-        result = response.json()["results"][0]
-        return [dict(zip(result["labels"], result["scores"]))[label] for label in LABELS]
-
-    alone = [classify(text) for text in texts]
-    with ThreadPoolExecutor(len(texts)) as pool:
-        together = list(pool.map(classify, texts))
-    worst = max(abs(a - b) for x, y in zip(alone, together) for a, b in zip(x, y))
-    assert worst <= TOLERANCE

@@ -116,13 +116,3 @@ def test_files_that_cannot_serve_the_window_stop_at_start_with_one_line(
     with pytest.raises(ModelLoadError, match="set max_length") as failure:
         engine.warm_up()
     assert "\n" not in str(failure.value) and "512" in str(failure.value)
-
-
-@pytest.mark.ray
-def test_a_2000_token_text_over_http_answers_200_and_is_reported(zsc_url: str) -> None:
-    import httpx
-
-    body = {"texts": [LONG, "Our team won the final."], "labels": LABELS}
-    response = httpx.post(f"{zsc_url}/v1/classify", json=body, timeout=60)
-    assert response.status_code == 200, response.text
-    assert response.json()["truncated"] == [0]
