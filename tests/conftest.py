@@ -134,3 +134,13 @@ def zsc_handle(zsc_url: str):
     from ray import serve
 
     return serve.get_app_handle("zsc")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (the system's binaries: `make postgres`);
+    yields its URL. Tests take a fresh database each from `tests/stores.py`."""
+    from serve_app.devtools.postgres import temporary_postgres
+
+    with temporary_postgres() as url:
+        yield url
