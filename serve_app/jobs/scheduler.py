@@ -249,7 +249,6 @@ class JobScheduler:
             try:
                 await self._finish_completed()
                 await self._fill()
-                self._set_paused(False)
             except StoreFull as exc:
                 self._set_paused(True, exc)
             await wait_event(self._wake, PAUSE_S if self.paused else POLL_S)
@@ -279,7 +278,9 @@ class JobScheduler:
         self.on_pause(paused)
 
     async def _fill(self) -> None:
-        while self._running < self.config.max_parallel_chunks:
+        # Paused, one chunk at a time probes for space: its result written resumes the runner.
+        limit = 1 if self.paused else self.config.max_parallel_chunks
+        while self._running < limit:
             claim = await io(self.store.claim_chunk, self.runner_id, self.config.lease_s)
             if claim is None:
                 return
@@ -326,6 +327,7 @@ class JobScheduler:
                 claim.chunk_index,
                 [r.as_dict() for r in classification.results],
             )
+            self._set_paused(False)
         except asyncio.CancelledError:
             # The job ended, the lease went elsewhere, or this replica stops: free the chunk now
             # (a no-op if it is no longer ours) rather than when the lease runs out.
@@ -335,7 +337,9 @@ class JobScheduler:
                 )
             raise
         except StoreFull as exc:
-            self._set_paused(True, exc)  # the lease expires; the chunk runs again later
+            self._set_paused(True, exc)
+            with contextlib.suppress(Exception):  # else the lease expires: the chunk runs later
+                await io(self.store.release_lease, claim.job_id, claim.chunk_index, self.runner_id)
         finally:
             renewer.cancel()
 

@@ -73,7 +73,8 @@ class SqliteJobStore(SqlJobStore):
             try:
                 yield Db(self._db.cursor(), "?")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLITE_FULL has already rolled it back
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
