@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from stores import STORE_KINDS, fresh_store_url
 
 from serve_app.jobs.store import IdempotencyConflict, JobStore, OutboxEvent, open_store
