@@ -113,8 +113,11 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
 
     victim = wait_for(a_leasing_runner, 120, "both runners to hold leases")
     before = dict(
-        rows(store_url, "SELECT job_id || '/' || chunk_index, recorded_at FROM chunks"
-             " WHERE results IS NOT NULL")  # fmt: skip
+        rows(
+            store_url,
+            "SELECT job_id || '/' || chunk_index, recorded_at FROM chunks"
+            " WHERE results IS NOT NULL",
+        )  # fmt: skip
     )
     ray.kill(ray.get_actor(runners[victim], namespace=SERVE_NAMESPACE), no_restart=True)
     killed_at = time.time()
@@ -140,9 +143,7 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
     assert rows(store_url, "SELECT count(*) FROM chunks WHERE results IS NOT NULL")[0][0] == (
         N_JOBS * per_chunk
     )
-    after = dict(
-        rows(store_url, "SELECT job_id || '/' || chunk_index, recorded_at FROM chunks")
-    )
+    after = dict(rows(store_url, "SELECT job_id || '/' || chunk_index, recorded_at FROM chunks"))
     assert {k: after[k] for k in before} == before
     assert rows(store_url, "SELECT count(*) FROM leases")[0][0] == 0
 
@@ -157,4 +158,3 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
         view = job_view(url, job_id, page_size=N_TEXTS)
         assert view is not None
         assert_same_results(view["results"], reference.json()["results"])
-
