@@ -251,3 +251,24 @@ async def test_a_rotation_signs_with_both_secrets(store: JobStore) -> None:
     Webhook(server).verify(bob_body, bob_headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(new).verify(bob_body, bob_headers)
+
+
+def test_sqlite_keeps_one_runner_on_the_head_postgres_runs_several_anywhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serve_app.app import HEAD_NODE_RESOURCE, StartupError, job_runner_options
+    from serve_app.config import AppConfig
+
+    monkeypatch.delenv("ZSC_JOBS_STORE", raising=False)
+    sqlite = job_runner_options(AppConfig(model="m", jobs={"db_path": "/data/j.sqlite3"}))
+    assert sqlite["num_replicas"] == 1
+    assert HEAD_NODE_RESOURCE in sqlite["ray_actor_options"]["resources"]
+    with pytest.raises(StartupError, match="PostgreSQL"):
+        job_runner_options(AppConfig(model="m", jobs={"runners": 2}))
+    pg = AppConfig(model="m", jobs={"store": "postgresql://zsc@db/zsc", "runners": 3})
+    assert job_runner_options(pg) == {"num_replicas": 3, "ray_actor_options": {"num_cpus": 0}}
+    # The Secret's env var decides, as the runners themselves read it.
+    monkeypatch.setenv("ZSC_JOBS_STORE", "postgresql://zsc:pw@db/zsc")
+    assert job_runner_options(AppConfig(model="m", jobs={"runners": 2}))["num_replicas"] == 2
+    with pytest.raises(ValueError, match="exclusive"):
+        AppConfig(model="m", jobs={"store": "sqlite:///a", "db_path": "b"})

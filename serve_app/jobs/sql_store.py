@@ -499,6 +499,8 @@ class SqlJobStore:
                     " ON CONFLICT DO NOTHING",
                     (job_id, row["tenant"], at),
                 )
+            # A tombstone outlives its job by one more TTL; after that the id is just unknown.
+            db.run("DELETE FROM expired WHERE expired_at < ?", (at - ttl_s,))
         return len(rows)
 
     # ---- webhook outbox ---------------------------------------------------------------------
