@@ -95,8 +95,10 @@ def one_round(url: str, runners: int, args: argparse.Namespace) -> dict[str, Any
     t0 = time.perf_counter()
     start.set()
     while True:
-        states = [store.get_job(job_id, owner) for job_id, owner in ids]
-        if all(s is not None and s.state == "succeeded" for s in states):
+        # One cheap query per poll, so the driver's polling is not a load of its own.
+        with store._tx() as db:  # type: ignore[attr-defined]
+            row = db.one("SELECT count(*) AS n FROM jobs WHERE state = 'succeeded'")
+        if row is not None and row["n"] == len(ids):
             break
         time.sleep(0.02)
     elapsed = time.perf_counter() - t0
