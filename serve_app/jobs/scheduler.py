@@ -251,6 +251,9 @@ class JobScheduler:
                 await self._fill()
             except StoreFull as exc:
                 self._set_paused(True, exc)
+            except Exception:  # the database restarting, say: the loop must outlive it
+                log.exception("job runner %s: the job store failed; retrying", self.runner_id)
+                await asyncio.sleep(POLL_S)
             await wait_event(self._wake, PAUSE_S if self.paused else POLL_S)
 
     async def sweep(self) -> None:
