@@ -7,7 +7,7 @@ DEMO_MODEL ?= .zsc/demo-model
 PORT ?= 8000
 STAMP := $(VENV)/.zsc-installed
 
-.PHONY: install run demo test test-fast lint browser soak bench bench-gpu clean
+.PHONY: install run demo test test-fast lint browser postgres soak bench bench-gpu clean
 
 # The whole development set: the server (torch), ONNX Runtime, the prefilter, tests, benchmarks.
 # torch is pinned first: 2.13.0 is the CPU build this project is tested with (a plain `torch`
@@ -34,8 +34,13 @@ demo: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# Debian's PostgreSQL server binaries for the job store tests: each test session starts its own
+# throwaway server from them (serve_app/devtools/postgres.py), so no cluster is created here.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
 # Every test but the soak (`make soak`, about 10 minutes of steady load), after the lint gate.
-test: install browser lint
+test: install browser postgres lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # ruff (lint and format) and mypy (strict on the modules without Ray; see pyproject.toml).
@@ -44,10 +49,10 @@ lint: install
 	$(BIN)/ruff format --check serve_app tests bench
 	$(BIN)/mypy
 
-test-fast: install
+test-fast: install postgres
 	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser" tests
 
-soak: install
+soak: install postgres
 	$(BIN)/python -m pytest -q -m slow tests
 
 bench: install

@@ -25,6 +25,7 @@ from serve_app.deployments.scoring import Scorer
 from serve_app.engine.backends import backend_type
 from serve_app.engine.source import ModelLoadError, read_label_indices, resolve_model_source
 from serve_app.engine.threads import affinity_cpus
+from serve_app.jobs.store import is_shared, store_url
 
 # Ray's resource on the head node; a tiny amount of it pins an actor there.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -82,11 +83,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     scorer = Scorer(classifier, _prefilter(config))
     jobs = None
     if config.jobs.enabled:
-        # The only process that opens the SQLite job store, so it runs where the file is: the
-        # head node (docs/OPERATIONS.md). It only waits on I/O: no CPU reserved.
-        jobs = JobRunner.options(
-            ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}
-        ).bind(
+        jobs = JobRunner.options(**job_runner_options(config)).bind(
             config.jobs,
             scorer,
             # Jobs draw on the same buckets as the ingress (the same limiter actors).
@@ -95,6 +92,22 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     return Ingress.options(**deployment_options(config.ingress, config.ingress.num_cpus)).bind(
         config, scorer, jobs
     )
+
+
+def job_runner_options(config: AppConfig) -> dict[str, Any]:
+    """JobRunner replicas only wait on I/O: no CPU reserved. With PostgreSQL, `jobs.runners` of
+    them anywhere; with SQLite one, on the head node that holds the file (docs/OPERATIONS.md)."""
+    if is_shared(store_url(config.jobs.store_url)):
+        return {"num_replicas": config.jobs.runners, "ray_actor_options": {"num_cpus": 0}}
+    if config.jobs.runners != 1:
+        raise StartupError(
+            "zsc: jobs.runners > 1 needs a PostgreSQL job store (jobs.store: postgresql://... "
+            "or env ZSC_JOBS_STORE); a SQLite file is opened by one runner"
+        )
+    return {
+        "num_replicas": 1,
+        "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+    }
 
 
 def _prefilter(config: AppConfig) -> Any:

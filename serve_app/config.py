@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -195,15 +196,95 @@ class WebhookConfig(_Section):
         default_factory=list,
         description="Hosts or CIDRs exempt from the SSRF guard (e.g. 127.0.0.1 for local receivers).",
     )
+    tenant_secrets: dict[str, list[SecretStr]] = Field(
+        default_factory=dict,
+        description="API key name -> its own whsec_ secrets, newest first: during a rotation "
+        "list [new, old] and every delivery carries both signatures; then drop the old one. "
+        "Tenants not listed use `secret`.",
+    )
+
+    @field_validator("tenant_secrets")
+    @classmethod
+    def _secrets_well_formed(cls, value: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
+        import base64
+        import binascii
+
+        for name, secrets in value.items():
+            if not secrets:
+                raise ValueError(f"tenant_secrets.{name} lists no secret")
+            for secret in secrets:
+                raw = secret.get_secret_value()
+                try:
+                    base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+                except binascii.Error:
+                    raise ValueError(
+                        f"tenant_secrets.{name}: a webhook secret is 'whsec_' followed by base64"
+                    ) from None
+        return value
+
+
+DEFAULT_SQLITE_PATH = "zsc_jobs.sqlite3"
 
 
 class JobsConfig(_Section):
     enabled: bool = True
-    db_path: str = Field("zsc_jobs.sqlite3", description="SQLite file of the job store.")
+    store: str | None = Field(
+        None,
+        description="Job store URL: sqlite:///PATH (embedded, one runner on the head node; "
+        "the default sqlite:///zsc_jobs.sqlite3) or postgresql://USER@HOST/DB (any node, "
+        "several runners). Env ZSC_JOBS_STORE, read by the runner, overrides it (keep "
+        "passwords there, from a Secret).",
+    )
+    db_path: str | None = Field(
+        None, description="Deprecated: the SQLite file; same as store: sqlite:///PATH."
+    )
+    runners: int = Field(
+        1, ge=1, description="JobRunner replicas (more than 1 needs a PostgreSQL store)."
+    )
+    lease_s: float = Field(
+        20.0,
+        gt=0,
+        description="A chunk's lease: renewed every third of it while a runner works on the "
+        "chunk; a runner that dies frees its chunks this long after its last renewal.",
+    )
     chunk_texts: int = Field(64, ge=1, description="Texts per chunk a job sends to the Classifier.")
     max_parallel_chunks: int = Field(4, ge=1, description="Chunks in flight per job runner.")
     results_page_size: int = Field(1000, ge=1, description="Results per page of GET /v1/jobs/{id}.")
+    max_active_per_tenant: int | None = Field(
+        100,
+        ge=1,
+        description="Queued + running jobs one API key (tenant) may have; more answers 429. "
+        "null: no limit.",
+    )
+    ttl_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="Finished jobs and their results are deleted this long after they end; "
+        "a fetch then answers 404 job_expired.",
+    )
+    max_store_bytes: int | None = Field(
+        10 * 2**30,
+        ge=1,
+        description="Bound on what the store keeps (each job counted at its full size when "
+        "submitted); a job that would pass it is refused with 413 job_store_full. null: none.",
+    )
+    sweep_batch: int = Field(
+        100, ge=1, description="Expired jobs deleted per transaction by the sweeper."
+    )
     webhook: WebhookConfig = WebhookConfig()
+
+    @model_validator(mode="after")
+    def _one_store(self) -> JobsConfig:
+        if self.store is not None and self.db_path is not None:
+            raise ValueError("jobs.store and jobs.db_path are exclusive; use jobs.store")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The configured store (env ZSC_JOBS_STORE overrides it in the runner)."""
+        if self.store is not None:
+            return self.store
+        return f"sqlite:///{self.db_path or DEFAULT_SQLITE_PATH}"
 
 
 # A malformed hash is a deploy-time error, not a replica that cannot start.

@@ -217,3 +217,13 @@ def cached_hf_token(hf_client_online: Path) -> Iterator[str]:
     hf_client_online.parent.mkdir(parents=True, exist_ok=True)
     hf_client_online.write_text(token)
     yield token
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server for the session (the system's binaries: `make postgres`);
+    yields its URL. Tests take a fresh database each from `tests/stores.py`."""
+    from serve_app.devtools.postgres import temporary_postgres
+
+    with temporary_postgres() as url:
+        yield url

@@ -1,12 +1,13 @@
 """The JobRunner deployment: the Ray shell around the job scheduler and the webhook outbox.
 
-One replica, and it is the only process that opens the SQLite job store: ingress replicas reach
-the store through this deployment's handle (`submit`, `get`, `list`, `cancel`), so they may run
-on any node. The runner itself must run on the node that holds the database file: `build_app`
-pins it to the Ray head node (docs/OPERATIONS.md, "Where the job store lives"). Its two loops
-(`serve_app.jobs.scheduler`, `serve_app.jobs.outbox`) start with the replica; what is Ray's here
-is scoring through the `Scorer`'s handles, paying the shared rate limit, and which failures of
-Ray's machinery are worth a retry.
+Ingress replicas never open the job store: they reach it through this deployment's handle
+(`submit`, `get`, `list`, `cancel`). With a PostgreSQL store there are `jobs.runners` replicas on
+any nodes, sharing the work through leases; with SQLite there is one, pinned by `build_app` to
+the head node that holds the file (docs/OPERATIONS.md, "Where the job store lives"). The store
+URL comes from env ZSC_JOBS_STORE when set (a Secret), else from the config. Its loops
+(`serve_app.jobs.scheduler`: chunks and expiry; `serve_app.jobs.outbox`) start with the replica;
+what is Ray's here is scoring through the `Scorer`'s handles, paying the shared rate limit, the
+pause metric, and which failures of Ray's machinery are worth a retry.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from serve_app.deployments.scoring import Scorer
 from serve_app.jobs.models import Job, JobList, JobWithResults
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.scheduler import JobScheduler
-from serve_app.jobs.store import JobStore
+from serve_app.jobs.store import open_store, store_url
+from serve_app.jobs.webhooks import tenant_secrets
 
 log = logging.getLogger("ray.serve")
 
@@ -66,9 +68,20 @@ class JobRunner:
         self, config: JobsConfig, scorer: Scorer, limiter: RateLimitClient | None = None
     ) -> None:
         secret = config.webhook.secret or os.environ.get("ZSC_WEBHOOK_SECRET") or None
-        self.store = JobStore(config.db_path)
-        self.outbox = Outbox(self.store, config.webhook, secret)
+
+        def secrets(tenant: str) -> list[str]:
+            return tenant_secrets(config.webhook, secret, tenant)
+
+        self.store = open_store(store_url(config.store_url))
+        self.outbox = Outbox(self.store, config.webhook, secrets)
         self.scorer = scorer
+        from ray.util.metrics import Gauge
+
+        self._paused = Gauge(
+            "zsc_jobs_paused",
+            description="1 while this job runner is paused because the job store's disk is full.",
+        )
+        self._paused.set(0)
         self.scheduler = JobScheduler(
             self.store,
             config,
@@ -80,15 +93,18 @@ class JobRunner:
             if limiter is None
             else (lambda key, pairs: limiter.acquire_wait(key, limiter.cost_of(pairs))),
             on_terminal=self.outbox.wake,
-            secret=secret,
+            secrets=secrets,
+            runner_id=f"{serve.get_replica_context().replica_id.unique_id}",
+            on_pause=lambda paused: self._paused.set(1 if paused else 0),
         )
         # The constructor runs on the replica's user event loop, which keeps running after it.
         loop = asyncio.get_running_loop()
         self._loops = [
             loop.create_task(self.scheduler.run(), name="zsc-jobs"),
             loop.create_task(self.outbox.run(), name="zsc-outbox"),
+            loop.create_task(self.scheduler.sweep(), name="zsc-jobs-expiry"),
         ]
-        log.info("JobRunner ready: store %s", self.store.path.resolve())
+        log.info("JobRunner %s ready", self.scheduler.runner_id)
 
     async def _score(self, request: PreparedRequest) -> Classification:
         try:
@@ -105,20 +121,20 @@ class JobRunner:
         metadata: dict[str, object] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        return self.scheduler.submit(
+        return await self.scheduler.submit(
             request, owner, rate_key, callback_url, metadata, idempotency_key
         )
 
     async def get(
         self, job_id: str, owner: str | None, page: int = 1, page_size: int | None = None
     ) -> JobWithResults | None:
-        return self.scheduler.get(job_id, owner, page, page_size)
+        return await self.scheduler.get(job_id, owner, page, page_size)
 
     async def list(self, owner: str | None, limit: int = 20, cursor: str | None = None) -> JobList:
-        return self.scheduler.list(owner, limit, cursor)
+        return await self.scheduler.list(owner, limit, cursor)
 
     async def cancel(self, job_id: str, owner: str | None) -> Job | None:
-        return self.scheduler.cancel(job_id, owner)
+        return await self.scheduler.cancel(job_id, owner)
 
     async def check_health(self) -> None:
         # A dead loop would leave jobs queued forever: fail the health check so Serve replaces

@@ -22,6 +22,8 @@ RAY_VERSION = "2.60.0"
 IMAGE = "zsc:0.2.0"
 GPU_IMAGE = "zsc:0.2.0-gpu"
 JOBS_VOLUME = "zsc-jobs"
+JOBS_STORE_ENV = "ZSC_JOBS_STORE"  # serve_app.jobs.store.STORE_ENV
+JOBS_STORE_SECRET = "zsc-jobs-store"  # the operator's Secret: key `url` = postgresql://...
 JOBS_MOUNT = "/data/zsc"  # deploy_config.yaml's jobs.db_path lives here, on the head node
 # KubeRay starts every node with --metrics-export-port=8080 (Ray's Prometheus endpoint).
 METRICS_PORT = {"containerPort": 8080, "name": "metrics"}
@@ -60,7 +62,16 @@ def _container(
         "image": image,
         "resources": {"limits": limits, "requests": {"cpu": cpu, "memory": memory}},
         # The model is fetched once into this cache (or baked into the image, see Dockerfile).
-        "env": [{"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"}],
+        "env": [
+            {"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"},
+            # The jobs' PostgreSQL URL (with its password), read by the JobRunner replicas on
+            # any node; it never sits in the Serve config (docs/OPERATIONS.md, "Jobs on
+            # PostgreSQL").
+            {
+                "name": JOBS_STORE_ENV,
+                "valueFrom": {"secretKeyRef": {"name": JOBS_STORE_SECRET, "key": "url"}},
+            },
+        ],
         # Lets in-flight requests drain before Ray stops on scale-down.
         "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
     }

@@ -1,16 +1,19 @@
-"""The webhook outbox: delivers due events (signed by `serve_app.jobs.webhooks`) and records
-every attempt with the time of the next one, so the retry schedule survives restarts. A webhook
-may arrive twice after a crash, always with the same `webhook-id`."""
+"""The webhook outbox: delivers due events (signed by `serve_app.jobs.webhooks` with the job's
+tenant's secrets) and records every attempt with the time of the next one, so the retry schedule
+survives restarts. Claims are leased in the store, so several runners share one outbox and each
+event is in flight on one of them at a time. A webhook may arrive twice after a crash, always
+with the same `webhook-id`. Store calls run in worker threads."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from serve_app.config import WebhookConfig
 from serve_app.jobs import webhooks
-from serve_app.jobs.scheduler import POLL_S, wait_event
+from serve_app.jobs.scheduler import POLL_S, io, wait_event
 from serve_app.jobs.store import Delivery, JobStore
 
 log = logging.getLogger("ray.serve")
@@ -22,10 +25,15 @@ DELIVERY_LEASE_MARGIN_S = 30.0
 
 
 class Outbox:
-    def __init__(self, store: JobStore, config: WebhookConfig, secret: str | None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        config: WebhookConfig,
+        secrets: Callable[[str], list[str]],
+    ) -> None:
         self.store = store
         self.config = config
-        self.secret = secret
+        self.secrets = secrets  # a tenant's secrets, newest first
         self._deliveries: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -37,11 +45,15 @@ class Outbox:
         while True:
             self._wake.clear()
             free = MAX_CONCURRENT_DELIVERIES - len(self._deliveries)
-            for delivery in self.store.claim_due_deliveries(lease_s, max(free, 0)):
-                task = asyncio.create_task(self._deliver(delivery))
-                self._deliveries.add(task)
-                task.add_done_callback(self._delivery_done)
-            next_at = self.store.next_delivery_at()
+            try:
+                for delivery in await io(self.store.claim_due_deliveries, lease_s, max(free, 0)):
+                    task = asyncio.create_task(self._deliver(delivery))
+                    self._deliveries.add(task)
+                    task.add_done_callback(self._delivery_done)
+                next_at = await io(self.store.next_delivery_at)
+            except Exception as exc:  # a full disk or a database restart: try again later
+                log.warning("webhook outbox: the job store failed (%s); retrying", exc)
+                next_at = None
             if next_at is None or len(self._deliveries) >= MAX_CONCURRENT_DELIVERIES:
                 timeout = POLL_S  # a finishing delivery wakes the loop
             else:
@@ -51,7 +63,8 @@ class Outbox:
     async def _deliver(self, delivery: Delivery) -> None:
         status: int | None
         error: str | None
-        if self.secret is None:
+        secrets = self.secrets(delivery.tenant)
+        if not secrets:
             ok, status, error = False, None, "no webhook secret configured; not sent"
         else:
             try:
@@ -59,7 +72,7 @@ class Outbox:
                     delivery.url,
                     delivery.event_id,
                     delivery.body,
-                    self.secret,
+                    secrets,
                     self.config.timeout_s,
                     self.config.allow_hosts,
                 )
@@ -71,8 +84,13 @@ class Outbox:
             if ok
             else webhooks.next_attempt_delay(self.config.retry_schedule_s, delivery.attempts + 1)
         )
-        state = self.store.record_attempt(
-            delivery.event_id, ok, status, error, None if delay is None else time.time() + delay
+        state = await io(
+            self.store.record_attempt,
+            delivery.event_id,
+            ok,
+            status,
+            error,
+            None if delay is None else time.time() + delay,
         )
         log.info(
             "webhook %s for job %s: attempt %d %s (%s)",

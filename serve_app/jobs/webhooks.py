@@ -20,12 +20,14 @@ import json
 import random
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 
+from serve_app.config import WebhookConfig
 from serve_app.core.errors import ClientError
 from serve_app.jobs.models import Job
 from serve_app.jobs.ssrf import ResolvedTarget, check_callback_url
@@ -64,6 +66,23 @@ def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{webhook_id}.{timestamp}.".encode() + body
     digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
+
+
+def signatures(secret: str | Sequence[str], webhook_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: one `v1,` signature per secret, space-separated (Standard
+    Webhooks), so during a rotation a receiver that knows either secret verifies the event."""
+    keys = [secret] if isinstance(secret, str) else list(secret)
+    if not keys:
+        raise ValueError("no webhook secret to sign with")
+    return " ".join(sign(key, webhook_id, timestamp, body) for key in keys)
+
+
+def tenant_secrets(config: WebhookConfig, default: str | None, tenant: str) -> list[str]:
+    """A tenant's secrets, newest first: its own (`tenant_secrets`), else the server's."""
+    own = config.tenant_secrets.get(tenant)
+    if own:
+        return [secret.get_secret_value() for secret in own]
+    return [] if default is None else [default]
 
 
 def build_event(event_type: str, job: Job) -> dict[str, Any]:
@@ -118,7 +137,12 @@ def _describe(exc: Exception) -> str:
 
 
 async def _attempt(
-    url: str, webhook_id: str, body: bytes, secret: str, timeout_s: float, allow_hosts: list[str]
+    url: str,
+    webhook_id: str,
+    body: bytes,
+    secret: str | Sequence[str],
+    timeout_s: float,
+    allow_hosts: list[str],
 ) -> tuple[int | None, str | None]:
     """Check the URL again, then POST once to the checked IP: (status code, error)."""
     try:
@@ -134,7 +158,7 @@ async def _attempt(
         "user-agent": USER_AGENT,
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, webhook_id, timestamp, body),
+        "webhook-signature": signatures(secret, webhook_id, timestamp, body),
     }
     # For https, httpcore uses `sni_hostname` both for SNI and for checking the certificate, so
     # TLS verifies the receiver's name while the socket goes to the address we checked.
@@ -168,7 +192,7 @@ async def deliver(
     url: str,
     webhook_id: str,
     body: bytes,
-    secret: str,
+    secret: str | Sequence[str],
     timeout_s: float,
     allow_hosts: list[str],
 ) -> DeliveryResult:

@@ -160,11 +160,14 @@ def all_results(url: str, job_id: str, page_size: int = 1000) -> list[dict[str, 
 
 
 def recorded_chunks(db_path: Path, job_id: str) -> dict[int, float]:
-    """chunk index -> when the store recorded it, read from the job store's file itself."""
+    """chunk index -> when the store recorded it, read from the job store's file itself (every
+    chunk has a row from submission on; a recorded one has its results)."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         return dict(
             db.execute(
-                "SELECT chunk_index, recorded_at FROM chunks WHERE job_id = ?", (job_id,)
+                "SELECT chunk_index, recorded_at FROM chunks"
+                " WHERE job_id = ? AND results IS NOT NULL",
+                (job_id,),
             ).fetchall()
         )
 

@@ -387,7 +387,8 @@ def _serve_config(model_dir: Path, jobs_db: Path, http_port: int) -> dict[str, A
             "fail_mode": "closed",
             "timeout_s": 5.0,
         },
-        jobs={**args.get("jobs", {}), "db_path": str(jobs_db)},
+        # SQLite here, so one runner (the cluster shares PostgreSQL between its runners).
+        jobs={**args.get("jobs", {}), "db_path": str(jobs_db), "runners": 1},
     )
     # A deployment's ray_actor_options in a config file replace the ones in code: repeat the CPUs.
     overrides = {d["name"]: d for d in app.get("deployments", [])}

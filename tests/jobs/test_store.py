@@ -1,15 +1,16 @@
-"""The job store on a real SQLite file: states, exactly-once chunks, paging, outbox, idempotency."""
+"""The job store, on a real SQLite file and a real PostgreSQL server (every test runs on both):
+states, exactly-once chunks, leases, paging, outbox, idempotency."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stores import STORE_KINDS, fresh_store_url
 
-from serve_app.jobs.store import IdempotencyConflict, JobStore, OutboxEvent
+from serve_app.jobs.store import IdempotencyConflict, JobStore, OutboxEvent, open_store
 
 
 def make_request(n: int, labels: tuple[str, ...] = ("a", "b")) -> dict[str, Any]:
@@ -36,16 +37,29 @@ def event_at(at: float):
     return factory
 
 
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else ""
+    return fresh_store_url(request.param, tmp_path, server)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[JobStore]:
-    s = JobStore(tmp_path / "jobs.sqlite3")
+def store(store_url: str) -> Iterator[JobStore]:
+    s = open_store(store_url)
     yield s
     s.close()
 
 
+def claim_all(store: JobStore, runner: str = "r1", now: float | None = None) -> list[int]:
+    """Lease every free chunk to `runner`; the chunk indexes, in claim order."""
+    out = []
+    while (claim := store.claim_chunk(runner, lease_s=60, now=now)) is not None:
+        out.append(claim.chunk_index)
+    return out
+
+
 def run_all(store: JobStore, job_id: str, request: dict[str, Any], size: int) -> None:
-    work = store.start_job(job_id)
-    for index in work.missing_chunks:
+    for index in claim_all(store):
         assert store.record_chunk(job_id, index, chunk_results(request, size, index))
 
 
@@ -61,9 +75,10 @@ def test_lifecycle_timestamps_and_progress(store: JobStore) -> None:
     }
     assert job.labels == ["a", "b"] and job.started_at is None
 
-    work = store.start_job(job.id, now=101.0)
-    assert work.missing_chunks == [0, 1, 2] and work.chunk_texts == 4
-    assert work.request == request
+    claim = store.claim_chunk("r1", lease_s=60, now=101.0)
+    assert claim is not None and claim.chunk_index == 0
+    assert claim.request == {**request, "texts": request["texts"][:4]}
+    assert claim_all(store, now=101.0) == [1, 2]
     assert store.record_chunk(job.id, 2, chunk_results(request, 4, 2))  # the short last chunk
     view = store.get_job(job.id, None)
     assert view.state == "running" and view.started_at == 101.0
@@ -81,7 +96,7 @@ def test_lifecycle_timestamps_and_progress(store: JobStore) -> None:
 def test_a_chunk_is_recorded_exactly_once(store: JobStore) -> None:
     request = make_request(8)
     job, _ = store.create_job(request, chunk_texts=4)
-    store.start_job(job.id)
+    assert claim_all(store) == [0, 1]
     assert store.record_chunk(job.id, 1, chunk_results(request, 4, 1))
     # A second run of the chunk (a retry after a lost answer) changes neither count nor results.
     rerun = [{**r, "scores": [0.5, 0.5]} for r in chunk_results(request, 4, 1)]
@@ -89,27 +104,26 @@ def test_a_chunk_is_recorded_exactly_once(store: JobStore) -> None:
     progress = store.get_job(job.id, None).progress
     assert (progress.completed_chunks, progress.completed_texts) == (1, 4)
     assert store.results_page(job.id, 1, 8)[4:] == chunk_results(request, 4, 1)
-    # A restarted runner is told only what is left.
-    assert store.start_job(job.id).missing_chunks == [0]
+    # Once chunk 0's lease expires, it alone goes back to the pool.
+    assert store.claim_chunk("r2", lease_s=60) is None
+    assert [c.chunk_index for c in [store.claim_chunk("r2", 60, now=1e12)] if c] == [0]
     with pytest.raises(ValueError):
         store.record_chunk(job.id, 0, fake_results(["only one"]))
     with pytest.raises(IndexError):
         store.record_chunk(job.id, 2, fake_results(["x"]))
 
 
-def test_restart_resumes_from_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    first = JobStore(path)
+def test_restart_resumes_from_the_store(store_url: str) -> None:
+    first = open_store(store_url)
     request = make_request(6)
     job, _ = first.create_job(request, chunk_texts=2)
-    first.start_job(job.id, now=50.0)
+    assert claim_all(first, now=50.0) == [0, 1, 2]
     first.record_chunk(job.id, 0, chunk_results(request, 2, 0))
-    first.close()
+    first.close()  # the runner dies holding the leases of chunks 1 and 2
 
-    second = JobStore(path)
-    assert second.active_job_ids() == [job.id]
-    work = second.start_job(job.id, now=60.0)
-    assert work.missing_chunks == [1, 2]
+    second = open_store(store_url)
+    assert second.claim_chunk("r2", lease_s=60, now=60.0) is None  # still leased
+    assert claim_all(second, "r2", now=111.0) == [1, 2]  # expired: back in the pool
     assert second.get_job(job.id, None).started_at == 50.0  # resuming keeps started_at
     second.close()
 
@@ -117,7 +131,7 @@ def test_restart_resumes_from_the_file(tmp_path: Path) -> None:
 def test_terminal_states_never_change(store: JobStore) -> None:
     request = make_request(4)
     job, _ = store.create_job(request, chunk_texts=2)
-    store.start_job(job.id)
+    claim_all(store)
     store.record_chunk(job.id, 0, chunk_results(request, 2, 0))
     cancelled = store.cancel_job(job.id, None, now=9.0)
     assert cancelled.state == "cancelled" and cancelled.cancelled_at == 9.0
@@ -126,18 +140,19 @@ def test_terminal_states_never_change(store: JobStore) -> None:
     assert not store.record_chunk(job.id, 1, chunk_results(request, 2, 1))
     assert store.finish_job(job.id, "failed", {"type": "x", "message": "y"}) is None
     assert store.cancel_job(job.id, None, now=10.0).cancelled_at == 9.0
-    assert store.start_job(job.id) is None
-    assert store.active_job_ids() == []
+    assert store.claim_chunk("r1", lease_s=60, now=1e12) is None
+    assert not store.renew_lease(job.id, 1, "r1", 60)
     # Even a direct write is refused by the database itself.
-    with pytest.raises(sqlite3.IntegrityError):
-        store._db.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job.id,))
+    with pytest.raises(Exception, match="terminal state never changes"):
+        with store._tx() as db:
+            db.run("UPDATE jobs SET state = 'running' WHERE id = ?", (job.id,))
     # Partial results survive the cancel.
     assert store.results_page(job.id, 1, 10) == chunk_results(request, 2, 0) + [None, None]
 
 
 def test_failed_job_keeps_its_error(store: JobStore) -> None:
     job, _ = store.create_job(make_request(2), chunk_texts=2)
-    store.start_job(job.id)
+    claim_all(store)
     failed = store.finish_job(job.id, "failed", {"type": "internal", "message": "boom"})
     assert failed.state == "failed"
     assert failed.error is not None
@@ -147,7 +162,7 @@ def test_failed_job_keeps_its_error(store: JobStore) -> None:
 def test_cancel_a_queued_job(store: JobStore) -> None:
     job, _ = store.create_job(make_request(3), chunk_texts=2)
     assert store.cancel_job(job.id, None).state == "cancelled"
-    assert store.start_job(job.id) is None
+    assert store.claim_chunk("r1", lease_s=60) is None
     assert store.results_page(job.id, 1, 10) == [None, None, None]
 
 
@@ -238,9 +253,8 @@ def test_an_ended_job_always_has_its_event(store: JobStore) -> None:
     assert [d.event_type for d in done.deliveries] == ["job.succeeded"]
 
 
-def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    store = JobStore(path)
+def test_outbox_schedule_lives_in_the_database(store_url: str) -> None:
+    store = open_store(store_url)
     job, _ = store.create_job(make_request(1), 1, callback_url="http://127.0.0.1:9/hook")
     store.cancel_job(job.id, None, event=event_at(100.0), now=100.0)
 
@@ -256,7 +270,7 @@ def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:
     assert state == "pending"
     store.close()
 
-    store = JobStore(path)  # the schedule survives a restart
+    store = open_store(store_url)  # the schedule survives a restart
     assert store.next_delivery_at() == 105.0
     [again] = store.claim_due_deliveries(lease_s=30, limit=10, now=105.0)
     assert again.event_id == claimed.event_id and again.attempts == 1
@@ -277,7 +291,7 @@ def test_outbox_schedule_lives_in_the_database(tmp_path: Path) -> None:
 
 def test_giving_up_marks_the_delivery_failed(store: JobStore) -> None:
     job, _ = store.create_job(make_request(1), 1, callback_url="http://127.0.0.1:9/hook")
-    store.start_job(job.id)
+    claim_all(store)
     store.finish_job(job.id, "failed", {"type": "x", "message": "y"}, event=event_at(0.0))
     [claimed] = store.claim_due_deliveries(lease_s=30, limit=10, now=1.0)
     state = store.record_attempt(claimed.event_id, False, None, "connection refused", None, now=2.0)
