@@ -30,7 +30,7 @@ workers) runs at one CPU priority; and each run records the CPU time its whole p
 "CPU share" is the part of the machine's cores it got, "CPU-norm" its pairs per CPU-second times
 the cores. Compare ratios within one run, not absolute figures across runs.
 
-Writes bench-<backend>-<time>.json, .md and .png to the out directory.
+Writes service-<backend>.json (with the command), .md and .png to the out directory.
 """
 
 from __future__ import annotations
@@ -725,7 +725,8 @@ def check_targets(
 def write_report(bench: Bench, report: dict[str, Any]) -> None:
     opts = bench.opts
     opts.out.mkdir(parents=True, exist_ok=True)
-    stem = opts.out / f"bench-{opts.backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # One file per backend, rewritten by each run: the docs quote it (tests/test_docs.py).
+    stem = opts.out / f"service-{opts.backend}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     text = markdown(report)
     stem.with_suffix(".md").write_text(text)

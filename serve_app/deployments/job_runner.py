@@ -58,6 +58,15 @@ def remote_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def replica_id() -> str | None:
+    """This replica's id, which names its leases; None outside Serve (the JobRunner's class run
+    in-process by the HTTP edge's tests), where the scheduler names itself."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except RayServeException:
+        return None
+
+
 def is_transient(exc: BaseException) -> bool:
     return isinstance(remote_cause(exc), TRANSIENT_ERRORS)
 
@@ -94,7 +103,7 @@ class JobRunner:
             else (lambda key, pairs: limiter.acquire_wait(key, limiter.cost_of(pairs))),
             on_terminal=self.outbox.wake,
             secrets=secrets,
-            runner_id=f"{serve.get_replica_context().replica_id.unique_id}",
+            runner_id=replica_id(),
             on_pause=lambda paused: self._paused.set(1 if paused else 0),
         )
         # The constructor runs on the replica's user event loop, which keeps running after it.
