@@ -27,7 +27,7 @@ from serve_app.core.results import Classification, PrefilterUsage
 from serve_app.engine.backends import backend_type
 from serve_app.engine.protocol import Backend, LoadRequest, Pair
 from serve_app.engine.scheduling import balanced, length_buckets, pad, pair_tokens
-from serve_app.engine.source import read_model_files
+from serve_app.engine.source import ModelLoadError, read_model_files
 from serve_app.engine.threads import replica_cpus, thread_plan
 from serve_app.engine.tokenizer import EncodedRequest, PairTokenizer
 
@@ -207,13 +207,26 @@ class Engine:
             helper.result()
 
     def warm_up(self) -> None:
-        """Run a few typical shapes once, so the first request costs what later ones cost."""
-        for length, rows in WARM_UP_SHAPES:
+        """Run a few typical shapes once, so the first request costs what later ones cost.
+
+        The longest is a full window, the longest pair a request can bring, so a model whose
+        files cannot serve it (a position table shorter than its tokenizer says) stops here, at
+        start, with one line (ModelLoadError), not on a caller's long text."""
+        shapes = [*WARM_UP_SHAPES, (self.window, 1)]
+        for length, rows in shapes:
             n = min(length, self.window)
             pairs: list[Pair] = [((self.tokenizer.pad_id + 1,) * n, None)] * rows
             batch = pad(pairs, self.tokenizer.pad_id, self.tokenizer.uses_token_types)
-            for _ in range(self.workers):
-                self.backend.forward(batch)
+            for _ in range(self.workers if length != self.window else 1):
+                try:
+                    self.backend.forward(batch)
+                except Exception as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    raise ModelLoadError(
+                        f"{self.source} cannot run a batch of {rows} x {n} tokens within its "
+                        f"window of {self.window} ({type(exc).__name__}: {first}); set max_length "
+                        "to what the model takes"
+                    ) from None
 
     def describe(self) -> dict[str, Any]:
         runtime = self.backend.describe()

@@ -33,7 +33,7 @@ class ModelFiles:
 
     source: str
     id2label: dict[int, str]
-    max_positions: int | None
+    max_positions: int | None  # tokens the position table takes (after any offset)
     random_weights: bool
 
 

@@ -18,6 +18,28 @@ from serve_app.engine.protocol import ModelFiles
 RANDOM_WEIGHTS_MARKER = "zsc_random_weights"
 # Config and tokenizer files of any architecture (BPE, WordPiece, SentencePiece).
 CONFIG_AND_TOKENIZER = ["*.json", "*.txt", "*.model", "merges.txt", "vocab.*"]
+# Architectures whose position ids count from the padding index + 1 (transformers'
+# `create_position_ids_from_input_ids`): of `max_position_embeddings` rows (514 for RoBERTa and
+# XLM-R), the first padding_idx + 1 are never used, so 512 tokens fit, not 514.
+POSITIONS_AFTER_PADDING = frozenset(
+    {
+        "camembert",
+        "data2vec-text",
+        "esm",
+        "ibert",
+        "layoutlmv3",
+        "lilt",
+        "longformer",
+        "luke",
+        "markuplm",
+        "mpnet",
+        "roberta",
+        "roberta-prelayernorm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "xmod",
+    }
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -73,16 +95,26 @@ def read_config(source: str) -> dict[str, object]:
     return data
 
 
+def usable_positions(config: dict[str, object]) -> int | None:
+    """How many tokens the model's position table takes, from config.json (None: no limit)."""
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return None
+    pad = config.get("pad_token_id")
+    if config.get("model_type") in POSITIONS_AFTER_PADDING and isinstance(pad, int):
+        return positions - pad - 1
+    return positions
+
+
 def read_model_files(source: str) -> ModelFiles:
-    """The label map and window of the model in `source`, from its config.json."""
+    """The label map and usable positions of the model in `source`, from its config.json."""
     config = read_config(source)
     raw = config.get("id2label") or {}
     id2label = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-    positions = config.get("max_position_embeddings")
     return ModelFiles(
         source=source,
         id2label=id2label,
-        max_positions=positions if isinstance(positions, int) else None,
+        max_positions=usable_positions(config),
         random_weights=bool(config.get(RANDOM_WEIGHTS_MARKER, False)),
     )
 

@@ -62,7 +62,60 @@ def load_hf_tokenizer(source: str, revision: str | None) -> Any:
     tokenizer_class = getattr(transformers, name, None) if isinstance(name, str) else None
     if tokenizer_class is None:
         tokenizer_class = transformers.AutoTokenizer
-    return tokenizer_class.from_pretrained(source, revision=revision)
+    missing = _missing_converter(Path(source))
+    if missing:
+        # Without them transformers falls back to reading the file as tiktoken: refuse first.
+        raise ModelLoadError(missing)
+    try:
+        return tokenizer_class.from_pretrained(source, revision=revision)
+    except Exception as exc:  # unreadable or unconvertible files: one line that names them
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {source} ({type(exc).__name__}: {first})"
+        ) from None
+
+
+def _missing_converter(directory: Path) -> str | None:
+    """What to install when the directory has only a SentencePiece model to build a fast
+    tokenizer from (no tokenizer.json): transformers converts it, as the pipeline does, with the
+    `sentencepiece` package (or `protobuf`)."""
+    if not directory.is_dir() or (directory / "tokenizer.json").is_file():
+        return None
+    models = sorted(p.name for p in directory.glob("*.model"))
+    if not models:
+        return None
+    try:
+        import google.protobuf  # noqa: F401
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return None
+    return (
+        f"{directory} has a SentencePiece model ({', '.join(models)}) but no tokenizer.json; "
+        "install `sentencepiece` and `protobuf` (pip install 'zsc[sentencepiece]') so it can be "
+        "converted, or save the model's tokenizer.json beside it"
+    )
+
+
+def pair_window(
+    source: str, model_max_length: object, max_positions: int | None, max_length: int | None
+) -> int:
+    """The longest pair the model takes: the smallest of the tokenizer's saved limit, the
+    positions the model can use (config.json, after any offset) and the configured max_length.
+
+    A tokenizer saved without `model_max_length` reports a huge sentinel; it then says nothing,
+    and the position table decides (514 rows are 512 tokens for RoBERTa, source.py)."""
+    limits = [max_positions, max_length]
+    if isinstance(model_max_length, int) and 0 < model_max_length <= NO_LIMIT:
+        limits.append(model_max_length)
+    known = [n for n in limits if n is not None]
+    if not known:
+        raise ModelLoadError(
+            f"neither the tokenizer of {source} (model_max_length) nor its config.json "
+            "(max_position_embeddings) says how many tokens the model takes; set max_length"
+        )
+    return min(known)
 
 
 class PairTokenizer:
@@ -101,16 +154,20 @@ class PairTokenizer:
             raise ModelLoadError(
                 f"the tokenizer of {source} has no fast (tokenizers) version; zsc needs one"
             )
-        window = max_length or int(tokenizer.model_max_length)
-        if window > NO_LIMIT and max_positions:
-            window = max_positions
+        window = pair_window(source, tokenizer.model_max_length, max_positions, max_length)
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        if window <= specials + 1:
+            raise ModelLoadError(
+                f"the window of {source} is {window} tokens, too few for a pair's {specials} "
+                "special tokens and any text; raise max_length"
+            )
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.eos_token_id or 0
         return cls(
             tokenizer.backend_tokenizer,
             window=window,
-            specials=tokenizer.num_special_tokens_to_add(pair=True),
+            specials=specials,
             truncation_side=getattr(tokenizer, "truncation_side", "right"),
             pad_id=int(pad_id),
             uses_token_types="token_type_ids" in tokenizer.model_input_names,
