@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import huggingface_hub
 import pytest
-from inprocess import call
+from inprocess import call, hub_cache_with
 from transformers import pipeline
 
 from serve_app.app import StartupError, build_app
@@ -87,23 +86,13 @@ def test_offline_start_names_the_resolved_hub_id(
     assert f"Cannot load the model {hub_id!r}" in message and "local directory" in message
 
 
-def cache_with(root: Path, repo_id: str, revision: str, model_dir: Path) -> Path:
-    """A Hugging Face hub cache holding `model_dir` as `repo_id` at commit `revision`: what
-    `hf download` leaves on a machine that later runs offline."""
-    repo = root / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(model_dir, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    return root
-
-
 def test_chinese_preset_served_from_the_cache_uses_its_template(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     config = AppConfig(model="chinese")
     assert config.revision is not None
     tiny = build_chinese_bert(tmp_path / "built")
-    cache = cache_with(tmp_path / "hub", ERLANGSHEN, config.revision, tiny)
+    cache = hub_cache_with(tmp_path / "hub", ERLANGSHEN, config.revision, tiny)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
 
