@@ -64,9 +64,10 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         source = resolve_model_source(
             config.model, config.revision, backend_type(config.backend).files(config.onnx_file)
         )
-        read_label_indices(source)
+        read_label_indices(source, config.label_indices_map())
     except (ModelLoadError, ModelLabelError) as exc:
-        raise StartupError(f"zsc: {exc}") from None
+        preset = f"preset {config.preset!r}: " if config.preset else ""
+        raise StartupError(f"zsc: {preset}{exc}") from None
 
     # Threads follow the reservation when build_app sized it; else Ray's OMP_NUM_THREADS.
     budget: float | None = None

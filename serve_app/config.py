@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StringConstraints,
     field_validator,
@@ -20,6 +21,7 @@ from pydantic import (
 )
 
 from serve_app.core.defaults import DEFAULT_BI_ENCODER, DEFAULT_MODEL, DEFAULT_TEMPLATE
+from serve_app.core.presets import PRESETS, ModelPreset, find_preset
 
 __all__ = ["DEFAULT_BI_ENCODER", "DEFAULT_MODEL", "DEFAULT_TEMPLATE"]
 
@@ -29,13 +31,41 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LabelMap(_Section):
+    """Which of the model's outputs are entailment and contradiction (its config's id2label
+    may call them LABEL_0, LABEL_1, ...)."""
+
+    entailment: int = Field(..., ge=0, description="Output index of entailment.")
+    contradiction: int | None = Field(
+        None,
+        ge=0,
+        description="Output index of contradiction; optional for two-output models (the other "
+        "output stands in).",
+    )
+
+
+_PRESET_NAMES = ", ".join(PRESETS)
+
+
 class ModelConfig(_Section):
     """Which NLI cross-encoder to load and how to run it."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(DEFAULT_MODEL, description="Hugging Face hub id or local directory.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description=f"Hugging Face hub id, local directory, or a preset ({_PRESET_NAMES}): a "
+        "pinned hub model with its label map and a default hypothesis template in its language.",
+    )
+    revision: str | None = Field(
+        None, description="Hub revision (branch, tag or commit); a preset brings its own."
+    )
+    label_map: LabelMap | None = Field(
+        None,
+        description="Output indices of entailment and contradiction, e.g. {entailment: 2, "
+        "contradiction: 0}, for models whose config names its outputs LABEL_0, LABEL_1, ...; "
+        "default: read from the config's id2label.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto picks cuda when a GPU is visible to the replica."
     )
@@ -93,6 +123,38 @@ class ModelConfig(_Section):
         "smallest of this, the tokenizer's model_max_length and the model's usable positions "
         "(512 of RoBERTa's 514).",
     )
+
+    # The preset `model` named, once resolved (model then holds its hub id).
+    _preset: ModelPreset | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _resolve_preset(self) -> ModelConfig:
+        preset = find_preset(self.model)
+        if preset is None:
+            return self
+        # Given explicitly beside the preset, revision and label_map win over the preset's.
+        given = self.model_fields_set
+        self.model = preset.model
+        if "revision" not in given:
+            self.revision = preset.revision
+        if "label_map" not in given:
+            self.label_map = LabelMap.model_validate(preset.label_map())
+        self._preset = preset
+        return self
+
+    @property
+    def preset(self) -> str | None:
+        """The preset `model` named, or None for a hub id or a directory."""
+        return self._preset.name if self._preset is not None else None
+
+    @property
+    def default_hypothesis_template(self) -> str:
+        """The template of requests that give none: the preset's, else the pipeline's."""
+        return self._preset.hypothesis_template if self._preset is not None else DEFAULT_TEMPLATE
+
+    def label_indices_map(self) -> dict[str, int | None] | None:
+        """`label_map` as the mapping `core.nli.nli_label_indices` takes."""
+        return self.label_map.model_dump() if self.label_map is not None else None
 
 
 class BatchingConfig(_Section):
@@ -451,7 +513,9 @@ class AppConfig(ModelConfig):
     @classmethod
     def _model_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("model must be a hub id or a local directory")
+            raise ValueError(
+                f"model must be a hub id, a local directory or a preset ({_PRESET_NAMES})"
+            )
         return value.strip()
 
     @model_validator(mode="after")
@@ -461,7 +525,11 @@ class AppConfig(ModelConfig):
         return self
 
     def model_settings(self) -> ModelConfig:
-        return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
+        settings = ModelConfig.model_validate(
+            self.model_dump(include=set(ModelConfig.model_fields))
+        )
+        settings._preset = self._preset  # already resolved: model holds the hub id
+        return settings
 
     @property
     def prefilter_top_k(self) -> int | None:

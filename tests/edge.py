@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -155,6 +157,22 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def run(coro: Any) -> Any:
-    """Run one coroutine to completion from a sync test."""
-    return asyncio.run(coro)
+def call(config: AppConfig, engine: Engine, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the app built for `config` around `engine`; returns the httpx response."""
+    app = edge_app(config, EngineScorer(engine))
+
+    async def go() -> httpx.Response:
+        async with client(app) as http:
+            return await http.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def hub_cache_with(root: Path, repo_id: str, revision: str, model_dir: Path) -> Path:
+    """A Hugging Face hub cache holding `model_dir` as `repo_id` at commit `revision`: what
+    `hf download` leaves on a machine that later runs offline."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(model_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root

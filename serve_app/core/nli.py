@@ -35,31 +35,66 @@ def hypotheses(labels: Sequence[str], template: str) -> list[str]:
     return [template.format(label) for label in labels]
 
 
-def nli_label_indices(id2label: Mapping[int, str]) -> NLILabelIndices:
-    """Find entailment and contradiction in the model's label map.
+def label_map_example(id2label: Mapping[int, str]) -> str:
+    """A `label_map` line for this model's own outputs, for error messages."""
+    n = len(id2label)
+    if n >= 3:
+        return f"label_map: {{entailment: {n - 1}, contradiction: 0}}"
+    return "label_map: {entailment: 1}"
+
+
+def nli_label_indices(
+    id2label: Mapping[int, str], label_map: Mapping[str, int | None] | None = None
+) -> NLILabelIndices:
+    """Find entailment and contradiction in the model's label map, or take them from `label_map`.
 
     Entailment is the label starting with "entail" (case-insensitive), as in the pipeline.
     Contradiction is the label starting with "contradict". The pipeline hard-codes index 0 (or
     -1 when entailment is 0), which is wrong for maps such as {neutral, entailment,
     contradiction}; we only fall back to that rule when no label says "contradict", which is
     the two-label (entailment / not-entailment) case, where the other label stands in.
+    `label_map` ({"entailment": i, "contradiction": j}, contradiction optional) names the
+    indices directly, for models whose config calls its outputs LABEL_0, LABEL_1, ...
     """
     items = sorted((int(i), str(name)) for i, name in id2label.items())
     n = len(items)
-    entailment = next((i for i, name in items if name.lower().startswith("entail")), None)
-    if entailment is None:
-        names = ", ".join(f"{i}: {name!r}" for i, name in items)
-        raise ModelLabelError(
-            "This model is not an NLI cross-encoder zsc can use: its label map {"
-            + names
-            + "} has no label starting with 'entail'. Use an NLI model (for example "
-            "cross-encoder/nli-MiniLM2-L6-H768) or fix id2label in its config.json."
-        )
+    names = ", ".join(f"{i}: {name!r}" for i, name in items)
     if n < 2:
-        raise ModelLabelError("An NLI model needs at least two labels (entailment and another).")
-    contradiction = next((i for i, name in items if name.lower().startswith("contradict")), None)
+        raise ModelLabelError(
+            f"An NLI model needs at least two outputs (entailment and another); this one has "
+            f"{n} ({{{names}}})."
+        )
+    mapped = dict(label_map or {})
+    entailment = mapped.get("entailment")
+    if entailment is None:
+        entailment = next((i for i, name in items if name.lower().startswith("entail")), None)
+    if entailment is None:
+        raise ModelLabelError(
+            "This model is not an NLI cross-encoder zsc can use as it is: its label map {"
+            + names
+            + "} has no label starting with 'entail'. If it is an NLI model whose outputs are "
+            "unnamed, set label_map beside model to the output indices its model card gives, "
+            f"e.g. {label_map_example(id2label)}; otherwise use an NLI model (for example "
+            "cross-encoder/nli-MiniLM2-L6-H768)."
+        )
+    contradiction = mapped.get("contradiction")
+    if contradiction is None:
+        contradiction = next(
+            (i for i, name in items if name.lower().startswith("contradict")), None
+        )
     if contradiction is None:
         contradiction = n - 1 if entailment == 0 else 0
+    for key, index in (("entailment", entailment), ("contradiction", contradiction)):
+        if not 0 <= index < n:
+            raise ModelLabelError(
+                f"label_map.{key}={index} is not an output of this model: it has {n} outputs "
+                f"(0..{n - 1}: {names})."
+            )
+    if entailment == contradiction:
+        raise ModelLabelError(
+            f"label_map: entailment and contradiction are both output {entailment}; they must "
+            "be two different outputs."
+        )
     return NLILabelIndices(entailment=entailment, contradiction=contradiction)
 
 

@@ -15,7 +15,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
-from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.requests import prepare_request, resolve_top_k
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
@@ -56,16 +55,19 @@ class Ingress:
         self,
         texts: list[str] | str,
         labels: list[str] | str,
-        hypothesis_template: str = DEFAULT_TEMPLATE,
+        hypothesis_template: str | None = None,
         multi_label: bool = False,
         prefilter_top_k: int | None = None,
     ) -> dict[str, Any]:
         """The Python API: the body `POST /v1/classify` answers for the same arguments.
-        In-cluster callers are trusted: no API key, no rate limit."""
+        In-cluster callers are trusted: no API key, no rate limit. No template: the served
+        model preset's (GET /v1/model), else the pipeline's."""
         prepared = prepare_request(
             texts,
             labels,
-            hypothesis_template,
+            self.config.default_hypothesis_template
+            if hypothesis_template is None
+            else hypothesis_template,
             multi_label,
             self.config.limits,
             resolve_top_k(prefilter_top_k, self.config.prefilter_top_k),

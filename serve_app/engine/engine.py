@@ -69,7 +69,7 @@ class Engine:
         files = read_model_files(source)
         self.files = files
         self.id2label = files.id2label
-        self.indices = nli_label_indices(files.id2label)
+        self.indices = nli_label_indices(files.id2label, settings.label_indices_map())
         kind = backend_type(settings.backend)
         self.device = kind.pick_device(settings.device)
         self.cpus = replica_cpus(cpu_budget)
@@ -249,6 +249,7 @@ class Engine:
         runtime = self.backend.describe()
         return {
             "model": self.name,
+            "revision": self.settings.revision,
             "source": self.source,
             **runtime,
             "max_length": self.window,

@@ -9,7 +9,7 @@ replica never fetches the safetensors). `read_model_files` reads config.json as 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from serve_app.core.nli import NLILabelIndices, nli_label_indices
@@ -119,6 +119,9 @@ def read_model_files(source: str) -> ModelFiles:
     )
 
 
-def read_label_indices(source: str) -> NLILabelIndices:
-    """Entailment and contradiction in the model's label map; ModelLabelError if unusable."""
-    return nli_label_indices(read_model_files(source).id2label)
+def read_label_indices(
+    source: str, label_map: Mapping[str, int | None] | None = None
+) -> NLILabelIndices:
+    """Entailment and contradiction in the model's label map (or `label_map`, checked against
+    the model's outputs); ModelLabelError if unusable."""
+    return nli_label_indices(read_model_files(source).id2label, label_map)

@@ -37,8 +37,10 @@ class ClassifyRequest(BaseModel):
     labels: list[str] | str = Field(
         ..., description="Candidate labels, as a list or a comma-separated string."
     )
-    hypothesis_template: str = Field(
-        DEFAULT_TEMPLATE, description="NLI hypothesis with exactly one {} for the label."
+    hypothesis_template: str | None = Field(
+        None,
+        description="NLI hypothesis with exactly one {} for the label; default: the served "
+        f"model preset's template, else {DEFAULT_TEMPLATE!r} (GET /v1/model shows it).",
     )
     multi_label: StrictBool = Field(
         False, description="Score each label independently instead of across labels."
@@ -68,7 +70,9 @@ class ClassifyRequest(BaseModel):
         return prepare(
             self.text_list(),
             self.labels,
-            self.hypothesis_template,
+            config.default_hypothesis_template
+            if self.hypothesis_template is None
+            else self.hypothesis_template,
             self.multi_label,
             config.limits,
             resolve_top_k(self.prefilter_top_k, config.prefilter_top_k),

@@ -57,7 +57,7 @@ class HFParameters(BaseModel):
         None,
         validation_alias=AliasChoices("hypothesis_template", "hypothesisTemplate"),
         description=f"NLI hypothesis with exactly one {{}} for the label "
-        f"(default {DEFAULT_TEMPLATE!r}).",
+        f"(default: the served model preset's template, else {DEFAULT_TEMPLATE!r}).",
     )
     prefilter_top_k: StrictInt | None = Field(
         None, description="As in /v1/classify: with a prefilter, score only the top k labels."
@@ -132,7 +132,7 @@ async def predict(body: HFRequest, request: Request, response: Response, svc: Se
     prepared = prepare_request(
         body.inputs,
         params.candidate_labels,
-        DEFAULT_TEMPLATE if template is None else template,
+        config.default_hypothesis_template if template is None else template,
         bool(params.multi_label),
         config.limits,
         resolve_top_k(params.prefilter_top_k, config.prefilter_top_k),

@@ -25,6 +25,10 @@ async def model_info(svc: ServicesDep) -> dict[str, Any]:
     prefilter = svc.config.prefilter
     return {
         **await svc.scorer.model_info(),
+        # The preset `model` named (its hub id is "model"), and the template of requests that
+        # give none.
+        "preset": svc.config.preset,
+        "hypothesis_template": svc.config.default_hypothesis_template,
         "limits": svc.config.limits.model_dump(),
         "prefilter": {"model": prefilter.model, "top_k": prefilter.top_k}
         if prefilter.enabled
