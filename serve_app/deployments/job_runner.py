@@ -36,6 +36,7 @@ from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.scheduler import JobScheduler
 from serve_app.jobs.store import open_store, store_url
 from serve_app.jobs.webhooks import tenant_secrets
+from serve_app.observability.metrics import JobRunnerMetrics
 
 log = logging.getLogger("ray.serve")
 
@@ -84,13 +85,7 @@ class JobRunner:
         self.store = open_store(store_url(config.store_url))
         self.outbox = Outbox(self.store, config.webhook, secrets)
         self.scorer = scorer
-        from ray.util.metrics import Gauge
-
-        self._paused = Gauge(
-            "zsc_jobs_paused",
-            description="1 while this job runner is paused because the job store's disk is full.",
-        )
-        self._paused.set(0)
+        self.metrics = JobRunnerMetrics()
         self.scheduler = JobScheduler(
             self.store,
             config,
@@ -104,7 +99,7 @@ class JobRunner:
             on_terminal=self.outbox.wake,
             secrets=secrets,
             runner_id=replica_id(),
-            on_pause=lambda paused: self._paused.set(1 if paused else 0),
+            on_pause=lambda paused: self.metrics.paused.set(1 if paused else 0),
         )
         # The constructor runs on the replica's user event loop, which keeps running after it.
         loop = asyncio.get_running_loop()

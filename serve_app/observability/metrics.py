@@ -9,7 +9,7 @@ forward per padded sub-batch), pairs, duplicates and cache hits, the limiter and
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 COUNTS = [float(2**i) for i in range(13)] + [10_000.0]
@@ -153,3 +153,12 @@ class PrefilterMetrics:
             description="Ranking one request's labels: embedding what is not cached, then top k.",
             boundaries=SECONDS,
         )
+
+
+class JobRunnerMetrics:
+    def __init__(self) -> None:
+        self.paused = Gauge(
+            "zsc_jobs_paused",
+            description="1 while this job runner is paused because the job store's disk is full.",
+        )
+        self.paused.set(0)
