@@ -355,7 +355,8 @@ def render_secrets_template() -> str:
     for keys in SECRETS.values():
         for key, what in keys.items():
             line = f"  {key}: {PLACEHOLDER}\n"
-            assert text.count(line) == 1, f"secret keys must be unique: {key}"
+            if text.count(line) != 1:  # a comment must land beside its own key only
+                raise ValueError(f"secret keys must be unique across Secrets: {key}")
             text = text.replace(line, f"  {key}: {PLACEHOLDER}  # {what}\n")
     return text
 
