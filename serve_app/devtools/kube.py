@@ -1,14 +1,21 @@
-"""Generate `k8s/rayservice.yaml` (a KubeRay RayService) from `deploy_config.yaml`.
+"""Generate the Kubernetes (KubeRay) manifests from `deploy_config.yaml`, and bake the model.
 
-The RayService's `serveConfigV2` is the Serve config as a YAML string. Generating it from the
-same `deploy_config.yaml` that `serve deploy` uses means the cluster and Kubernetes can never
-run different configurations: `zsc k8s render` writes the manifest, `zsc k8s render --check`
-(and a test) fail when it is stale.
+`k8s/rayservice.yaml` holds the RayService, whose `serveConfigV2` is the Serve config as a YAML
+string, plus the NetworkPolicy and PodDisruptionBudget that select its pods; `k8s/secrets.template.yaml`
+holds the Secrets it reads, with placeholder values. Generating them from the same
+`deploy_config.yaml` that `serve deploy` uses means the cluster and Kubernetes can never run
+different configurations, and the Secret names, pod labels and selectors come from one place:
+`zsc k8s render` writes the files, `zsc k8s render --check` (and a test) fail when one is stale.
+
+`zsc k8s bake-model` is what `k8s/Dockerfile` runs to put the model into the image at a pinned
+commit, through the same resolution the app uses.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +23,84 @@ import typer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_CONFIG = REPO_ROOT / "deploy_config.yaml"
-MANIFEST = REPO_ROOT / "k8s" / "rayservice.yaml"
+K8S_DIR = REPO_ROOT / "k8s"
+MANIFEST_NAME = "rayservice.yaml"
+SECRETS_NAME = "secrets.template.yaml"
+MANIFEST = K8S_DIR / MANIFEST_NAME
+SECRETS_TEMPLATE = K8S_DIR / SECRETS_NAME
 
+NAME = "zsc"
 RAY_VERSION = "2.60.0"
-IMAGE = "zsc:0.2.0"
-GPU_IMAGE = "zsc:0.2.0-gpu"
-JOBS_VOLUME = "zsc-jobs"
-JOBS_STORE_ENV = "ZSC_JOBS_STORE"  # serve_app.jobs.store.STORE_ENV
-JOBS_STORE_SECRET = "zsc-jobs-store"  # the operator's Secret: key `url` = postgresql://...
-JOBS_MOUNT = "/data/zsc"  # deploy_config.yaml's jobs.db_path lives here, on the head node
+# Image tags follow the package version, so a release and its image cannot drift apart.
+IMAGE = f"zsc:{version('zsc')}"
+GPU_IMAGE = f"{IMAGE}-gpu"
+# The official Ray images run as `ray` (uid 1000, group `users`, gid 100); a numeric uid lets
+# the kubelet enforce runAsNonRoot.
+RAY_UID, RAY_GID = 1000, 100
+
+# Pod labels KubeRay leaves alone (it sets app.kubernetes.io/name itself): every Ray pod of this
+# RayService carries PART_OF, its workers WORKER too. The NetworkPolicy and the
+# PodDisruptionBudget select on them, whichever RayCluster (old or new, during an upgrade) runs.
+PART_OF = {"app.kubernetes.io/part-of": NAME}
+HEAD_LABELS = {**PART_OF, "app.kubernetes.io/component": "ray-head"}
+WORKER_LABELS = {**PART_OF, "app.kubernetes.io/component": "ray-worker"}
+
+SERVE_PORT = 8000
+DASHBOARD_PORT = 8265
+GCS_PORT = 6379
+CLIENT_PORT = 10001
 # KubeRay starts every node with --metrics-export-port=8080 (Ray's Prometheus endpoint).
-METRICS_PORT = {"containerPort": 8080, "name": "metrics"}
+METRICS_PORT = 8080
+# The KubeRay operator deploys serveConfigV2 and reads Serve's status through the dashboard.
+OPERATOR_LABELS = {"app.kubernetes.io/name": "kuberay-operator"}
+# Prometheus scrapes port 8080 from this namespace (every namespace has this label).
+MONITORING_NAMESPACE = "monitoring"
+REDIS_ADDRESS = "redis:6379"  # the operator's Redis, a Service in the RayService's namespace
+
+# Secrets: name -> {key: what goes there}. The template holds PLACEHOLDER for every value.
+RAY_AUTH_SECRET = "zsc-ray-auth"  # KubeRay's authOptions.secretName: the key must be auth_token
+REDIS_SECRET = "zsc-redis"
+API_SECRET = "zsc-api"
+JOBS_STORE_SECRET = "zsc-jobs-store"
+PLACEHOLDER = "REPLACE-ME"
+SECRETS: dict[str, dict[str, str]] = {
+    RAY_AUTH_SECRET: {
+        "auth_token": "Ray's token for the dashboard, GCS, client: openssl rand -hex 32"
+    },
+    REDIS_SECRET: {"password": "the password of the operator's Redis (GCS fault tolerance)"},
+    API_SECRET: {
+        "api-keys": "ZSC_API_KEYS: name:key,name2:key2 (each key: openssl rand -hex 32)",
+        "webhook-secret": "ZSC_WEBHOOK_SECRET: whsec_ + base64 of 32 random bytes (optional)",
+    },
+    JOBS_STORE_SECRET: {"url": "ZSC_JOBS_STORE: postgresql://USER:PASSWORD@HOST:5432/DB"},
+}
+# Environment of every Ray container: (variable, secret, key, optional).
+SECRET_ENV = [
+    ("ZSC_API_KEYS", API_SECRET, "api-keys", False),
+    ("ZSC_WEBHOOK_SECRET", API_SECRET, "webhook-secret", True),  # without it: no callbacks
+    ("ZSC_JOBS_STORE", JOBS_STORE_SECRET, "url", False),
+]
+
+# Writable places on a read-only root filesystem: /tmp (Ray's session directory /tmp/ray, and
+# any library's temporary files) and ~/.cache (HF_HOME's tokens and locks, other caches). The
+# model itself is baked read-only into the image's HF_HUB_CACHE (k8s/Dockerfile).
+HF_HOME = "/home/ray/.cache/huggingface"
+HF_HUB_CACHE = "/home/ray/hf-hub"
+WRITABLE = {"tmp": "/tmp", "cache": "/home/ray/.cache"}
+
+# Draining: a deleted worker pod leaves the Service's endpoints while its preStop sleeps, so the
+# load balancers stop sending to its Serve proxy and what it holds finishes; only then does
+# Ray stop. 30 s is Serve's own minimum draining period for a proxy
+# (RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S); the grace period leaves Ray 30 s more to stop.
+DRAIN_S = 30
+GRACE_S = 60
+
 HEADER = (
     "# GENERATED by `zsc k8s render` from deploy_config.yaml -- edit that file, not this one.\n"
+)
+SECRETS_HEADER = (
+    "# GENERATED by `zsc k8s render`. A TEMPLATE: replace every REPLACE-ME in a copy kept out of\n"
+    "# git, or create the Secrets with kubectl as docs/OPERATIONS.md shows. Never commit values.\n"
 )
 
 kube_app = typer.Typer(help="Kubernetes (KubeRay) manifests.", no_args_is_help=True)
@@ -47,132 +119,246 @@ def serve_config_v2(deploy_config_path: Path = DEPLOY_CONFIG) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
+def _security_context() -> dict[str, Any]:
+    """Kubernetes' "restricted" Pod Security Standard, plus a read-only root filesystem."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _env() -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "HF_HUB_CACHE", "value": HF_HUB_CACHE},
+        # The model is in the image: never reach for the hub at run time.
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+    ]
+    for variable, secret, key, optional in SECRET_ENV:
+        ref: dict[str, Any] = {"name": secret, "key": key}
+        if optional:
+            ref["optional"] = True
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
 def _container(
     name: str,
     image: str,
     cpu: str,
     memory: str,
+    ports: list[dict[str, Any]],
     extra_limits: dict[str, Any] | None = None,
-    ports: list[dict[str, Any]] | None = None,
-    mounts: list[dict[str, Any]] | None = None,
+    drain: bool = False,
 ) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory, **(extra_limits or {})}
     container: dict[str, Any] = {
         "name": name,
         "image": image,
         "resources": {"limits": limits, "requests": {"cpu": cpu, "memory": memory}},
-        # The model is fetched once into this cache (or baked into the image, see Dockerfile).
-        "env": [
-            {"name": "HF_HOME", "value": "/home/ray/.cache/huggingface"},
-            # The jobs' PostgreSQL URL (with its password), read by the JobRunner replicas on
-            # any node; it never sits in the Serve config (docs/OPERATIONS.md, "Jobs on
-            # PostgreSQL").
-            {
-                "name": JOBS_STORE_ENV,
-                "valueFrom": {"secretKeyRef": {"name": JOBS_STORE_SECRET, "key": "url"}},
-            },
-        ],
-        # Lets in-flight requests drain before Ray stops on scale-down.
-        "lifecycle": {"preStop": {"exec": {"command": ["/bin/sh", "-c", "ray stop"]}}},
+        "env": _env(),
+        "ports": ports,
+        "securityContext": _security_context(),
+        "volumeMounts": [{"name": volume, "mountPath": path} for volume, path in WRITABLE.items()],
     }
-    if ports:
-        container["ports"] = ports
-    if mounts:
-        container["volumeMounts"] = mounts
+    if drain:
+        container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", str(DRAIN_S)]}}}
     return container
 
 
-def render_rayservice(deploy_config_path: Path = DEPLOY_CONFIG) -> dict[str, Any]:
+def _pod_spec(container: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RAY_UID,
+            "runAsGroup": RAY_GID,
+            "fsGroup": RAY_GID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": volume, "emptyDir": {}} for volume in WRITABLE],
+        **extra,
+    }
+
+
+def _worker_group(
+    group: str,
+    container: dict[str, Any],
+    replicas: tuple[int, int, int],
+    start_params: dict[str, str],
+    **pod: Any,
+) -> dict[str, Any]:
+    initial, minimum, maximum = replicas
+    return {
+        "groupName": group,
+        "replicas": initial,
+        "minReplicas": minimum,
+        "maxReplicas": maximum,
+        "rayStartParams": start_params,
+        "template": {
+            "metadata": {"labels": dict(WORKER_LABELS)},
+            "spec": _pod_spec(container, terminationGracePeriodSeconds=GRACE_S, **pod),
+        },
+    }
+
+
+def render_rayservice(
+    deploy_config_path: Path = DEPLOY_CONFIG, redis_address: str = REDIS_ADDRESS
+) -> dict[str, Any]:
+    metrics = {"containerPort": METRICS_PORT, "name": "metrics"}
     head = _container(
         "ray-head",
         IMAGE,
         "2",
         "8Gi",
         ports=[
-            {"containerPort": 6379, "name": "gcs"},
-            {"containerPort": 8265, "name": "dashboard"},
-            {"containerPort": 10001, "name": "client"},
-            {"containerPort": 8000, "name": "serve"},
-            METRICS_PORT,
+            {"containerPort": GCS_PORT, "name": "gcs-server"},
+            {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
+            {"containerPort": CLIENT_PORT, "name": "client"},
+            {"containerPort": SERVE_PORT, "name": "serve"},
+            metrics,
         ],
-        mounts=[{"name": JOBS_VOLUME, "mountPath": JOBS_MOUNT}],
     )
     # Replicas run on the workers, so their metrics are scraped there too.
-    cpu_worker = _container("ray-worker", IMAGE, "4", "8Gi", ports=[METRICS_PORT])
+    serve = {"containerPort": SERVE_PORT, "name": "serve"}
+    cpu_worker = _container("ray-worker", IMAGE, "4", "8Gi", [serve, metrics], drain=True)
     gpu_worker = _container(
         "ray-worker",
         GPU_IMAGE,
         "8",
         "32Gi",
+        [serve, metrics],
         extra_limits={"nvidia.com/gpu": 1},
-        ports=[METRICS_PORT],
+        drain=True,
     )
+    gpu_toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": "zsc", "labels": {"app.kubernetes.io/name": "zsc"}},
+        "metadata": {"name": NAME, "labels": {"app.kubernetes.io/name": NAME}},
         "spec": {
             "serveConfigV2": serve_config_v2(deploy_config_path),
+            # Traffic goes to the workers' proxies only, so a head restart (which GCS fault
+            # tolerance survives) does not drop requests.
+            "excludeHeadPodFromServeSvc": True,
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
                 "enableInTreeAutoscaling": True,
+                # The autoscaler runs beside the head, held to the same restrictions; it writes
+                # only under /tmp/ray, a volume KubeRay mounts into both containers.
+                "autoscalerOptions": {
+                    "securityContext": _security_context(),
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                },
+                # Every request to the dashboard, the GCS and the client port carries this token
+                # (KubeRay sets RAY_AUTH_MODE and RAY_AUTH_TOKEN in every Ray container).
+                "authOptions": {"mode": "token", "secretName": RAY_AUTH_SECRET},
+                # The GCS keeps its state in the operator's Redis, so a head pod that restarts
+                # finds the actors, the Serve applications and the worker nodes where they were.
+                "gcsFaultToleranceOptions": {
+                    "redisAddress": redis_address,
+                    "redisPassword": {
+                        "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": "password"}}
+                    },
+                },
                 "headGroupSpec": {
-                    # num-cpus 0: no model replica competes with the GCS, the controller and the
-                    # JobRunner, which is pinned here next to its SQLite file (0 CPUs needed).
+                    # num-cpus 0: no model replica competes with the GCS and the controller.
+                    # The dashboard listens on every interface for the KubeRay operator; the
+                    # NetworkPolicy admits only the operator and the Ray pods to it.
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
                     "template": {
-                        "spec": {
-                            "containers": [head],
-                            "volumes": [
-                                {
-                                    "name": JOBS_VOLUME,
-                                    "persistentVolumeClaim": {"claimName": JOBS_VOLUME},
-                                }
-                            ],
-                        }
+                        "metadata": {"labels": dict(HEAD_LABELS)},
+                        "spec": _pod_spec(head),
                     },
                 },
                 "workerGroupSpecs": [
-                    {
-                        "groupName": "cpu-workers",
-                        "replicas": 1,
-                        "minReplicas": 1,
-                        "maxReplicas": 8,
-                        "rayStartParams": {},
-                        "template": {"spec": {"containers": [cpu_worker]}},
-                    },
-                    {
-                        "groupName": "gpu-workers",
-                        "replicas": 0,
-                        "minReplicas": 0,
-                        "maxReplicas": 4,
-                        "rayStartParams": {"num-gpus": "1"},
-                        "template": {
-                            "spec": {
-                                "containers": [gpu_worker],
-                                "tolerations": [
-                                    {
-                                        "key": "nvidia.com/gpu",
-                                        "operator": "Exists",
-                                        "effect": "NoSchedule",
-                                    }
-                                ],
-                            }
-                        },
-                    },
+                    _worker_group("cpu-workers", cpu_worker, (1, 1, 8), {}),
+                    _worker_group(
+                        "gpu-workers",
+                        gpu_worker,
+                        (0, 0, 4),
+                        {"num-gpus": "1"},
+                        tolerations=[gpu_toleration],
+                    ),
                 ],
             },
         },
     }
 
 
-def render_pvc() -> dict[str, Any]:
+def render_network_policy() -> dict[str, Any]:
+    """Serve's port from anywhere; every Ray port between the Ray pods; the dashboard for the
+    KubeRay operator; metrics for Prometheus. Nothing else reaches the Ray pods."""
+    ray_pods = {"podSelector": {"matchLabels": dict(PART_OF)}}
     return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": JOBS_VOLUME},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{NAME}-ray", "labels": {"app.kubernetes.io/name": NAME}},
+        "spec": {
+            "podSelector": {"matchLabels": dict(PART_OF)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": SERVE_PORT}]},
+                {"from": [ray_pods]},
+                {
+                    "from": [
+                        {"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_LABELS}}
+                    ],
+                    "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}],
+                },
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": METRICS_PORT}],
+                },
+            ],
+        },
     }
+
+
+def render_pod_disruption_budget() -> dict[str, Any]:
+    """Voluntary evictions (node drains, cluster autoscaler) take one worker at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": f"{NAME}-workers", "labels": {"app.kubernetes.io/name": NAME}},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(WORKER_LABELS)}},
+    }
+
+
+def render_secrets() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": NAME}},
+            "type": "Opaque",
+            "stringData": {key: PLACEHOLDER for key in keys},
+        }
+        for name, keys in SECRETS.items()
+    ]
+
+
+def render_secrets_template() -> str:
+    """The Secrets with a comment beside each placeholder saying what replaces it."""
+    text = _dump(SECRETS_HEADER, render_secrets())
+    for keys in SECRETS.values():
+        for key, what in keys.items():
+            line = f"  {key}: {PLACEHOLDER}\n"
+            if text.count(line) != 1:  # a comment must land beside its own key only
+                raise ValueError(f"secret keys must be unique across Secrets: {key}")
+            text = text.replace(line, f"  {key}: {PLACEHOLDER}  # {what}\n")
+    return text
 
 
 def _block_dumper() -> Any:
@@ -193,32 +379,105 @@ def _block_dumper() -> Any:
     return BlockDumper
 
 
-def render_manifest(deploy_config_path: Path = DEPLOY_CONFIG) -> str:
+def _dump(header: str, documents: list[dict[str, Any]]) -> str:
     import yaml
 
-    documents = [render_pvc(), render_rayservice(deploy_config_path)]
-    return HEADER + yaml.dump_all(
+    return header + yaml.dump_all(
         documents, Dumper=_block_dumper(), sort_keys=False, default_flow_style=False
     )
 
 
+def render_manifest(
+    deploy_config_path: Path = DEPLOY_CONFIG, redis_address: str = REDIS_ADDRESS
+) -> str:
+    documents = [
+        render_rayservice(deploy_config_path, redis_address),
+        render_network_policy(),
+        render_pod_disruption_budget(),
+    ]
+    return _dump(HEADER, documents)
+
+
+def render_files(
+    deploy_config_path: Path = DEPLOY_CONFIG, redis_address: str = REDIS_ADDRESS
+) -> dict[str, str]:
+    """File name (in k8s/) -> text."""
+    return {
+        MANIFEST_NAME: render_manifest(deploy_config_path, redis_address),
+        SECRETS_NAME: render_secrets_template(),
+    }
+
+
 @kube_app.command("render")
 def render(
-    check: bool = typer.Option(False, "--check", help="Exit 1 if the manifest on disk is stale."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 if a manifest on disk is stale."),
     deploy_config: Path = typer.Option(DEPLOY_CONFIG, help="The Serve config to embed."),
-    out: Path = typer.Option(MANIFEST, help="Where the manifest goes."),
+    out_dir: Path = typer.Option(K8S_DIR, help="Where the manifests go."),
+    redis_address: str = typer.Option(
+        REDIS_ADDRESS, help="host:port of the Redis that backs GCS fault tolerance."
+    ),
 ) -> None:
-    """Write k8s/rayservice.yaml from deploy_config.yaml."""
-    text = render_manifest(deploy_config)
+    """Write k8s/rayservice.yaml and k8s/secrets.template.yaml from deploy_config.yaml."""
+    files = render_files(deploy_config, redis_address)
     if check:
-        if not out.is_file() or out.read_text() != text:
-            typer.echo(f"{out} is stale: run `zsc k8s render`", err=True)
+        stale = [
+            name
+            for name, text in files.items()
+            if not (out_dir / name).is_file() or (out_dir / name).read_text() != text
+        ]
+        for name in stale:
+            typer.echo(f"{out_dir / name} is stale: run `zsc k8s render`", err=True)
+        if stale:
             raise typer.Exit(1)
-        typer.echo(f"{out} is up to date")
+        typer.echo(f"{', '.join(files)} in {out_dir} are up to date")
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    typer.echo(f"wrote {out}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out_dir / name).write_text(text)
+        typer.echo(f"wrote {out_dir / name}")
+
+
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def bake_model(model: str, revision: str, backend: str = "torch") -> str:
+    """Fetch `model` at commit `revision` into the Hugging Face cache, exactly the files the
+    app's `backend` loads, through the app's own resolution; return the snapshot directory.
+
+    Offline (HF_HUB_OFFLINE=1) it only checks that the cache already holds that commit, which
+    is what every replica does at start in a pod built this way."""
+    from serve_app.config import AppConfig
+    from serve_app.engine.backends import backend_type
+    from serve_app.engine.source import resolve_model_source
+
+    if not COMMIT.match(revision):
+        raise ValueError(
+            f"MODEL_REVISION must be the commit hash to pin (40 lowercase hex digits), got "
+            f"{revision!r}: a branch or tag can move, and two images would serve different "
+            f"weights. The hub's model page lists commits (Files and versions, History)."
+        )
+    config = AppConfig.model_validate({"model": model, "revision": revision, "backend": backend})
+    files = backend_type(config.backend).files(config.onnx_file)
+    source = resolve_model_source(config.model, config.revision, files)
+    if Path(source).name != revision:
+        raise ValueError(f"{model} resolved to {source}, not to the pinned commit {revision}")
+    return source
+
+
+@kube_app.command("bake-model")
+def bake_model_command(
+    model: str = typer.Argument(..., help="Hugging Face hub id."),
+    revision: str = typer.Argument("", help="The commit hash to pin (40 hex digits)."),
+    backend: str = typer.Option("torch", help="The backend whose files to fetch (torch, onnx)."),
+) -> None:
+    """Put the model into the HF cache at a pinned commit (k8s/Dockerfile runs this)."""
+    from serve_app.engine.source import ModelLoadError
+
+    try:
+        typer.echo(bake_model(model, revision, backend))
+    except (ValueError, ModelLoadError) as exc:
+        typer.echo(f"zsc k8s bake-model: {str(exc).splitlines()[0]}", err=True)
+        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":
