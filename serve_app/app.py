@@ -13,10 +13,12 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, DeploymentScale
 from serve_app.core.errors import StartupError
 from serve_app.core.nli import ModelLabelError
+from serve_app.core.placement import Demand, placement_problem
 from serve_app.deployments.classifier import Classifier
+from serve_app.deployments.cluster import live_nodes
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_runner import JobRunner
 from serve_app.deployments.limiter import RateLimitClient
@@ -29,6 +31,7 @@ from serve_app.engine.threads import affinity_cpus
 APP_NAME = "zsc"
 # Ray's resource on the head node; a tiny amount of it pins an actor there.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+JOB_RUNNER_HEAD_SHARE = 0.001
 # The CPU reservation of the Classifier with `num_cpus: auto` never drops below this.
 MIN_AUTO_CPUS = 0.5
 
@@ -47,14 +50,52 @@ def machine_cpus() -> float:
     return float(affinity_cpus())
 
 
+def initial_replicas(scale: DeploymentScale) -> int:
+    """The replicas a deployment starts with (what must be placed at deploy time)."""
+    if scale.autoscaling is not None:
+        return scale.autoscaling.initial_replicas or scale.autoscaling.min_replicas
+    return scale.num_replicas if isinstance(scale.num_replicas, int) else 1
+
+
 def auto_classifier_cpus(config: AppConfig) -> float:
-    """`num_cpus: auto`: the machine's CPUs less what the ingress replicas reserve (the proxy
-    and the job runner reserve none), for one Classifier replica on a single machine."""
-    ingress = config.ingress
-    replicas = ingress.num_replicas if isinstance(ingress.num_replicas, int) else 1
-    if ingress.autoscaling is not None:
-        replicas = ingress.autoscaling.initial_replicas or ingress.autoscaling.min_replicas
-    return max(MIN_AUTO_CPUS, machine_cpus() - ingress.num_cpus * replicas)
+    """`num_cpus: auto`: the machine's CPUs less what every other deployment the config enables
+    reserves (the ingress replicas, the prefilter's; the proxy and the job runner reserve
+    none), for one Classifier replica on a single machine."""
+    others = config.ingress.num_cpus * initial_replicas(config.ingress)
+    if config.prefilter.enabled:
+        deployment = config.prefilter.deployment
+        others += deployment.num_cpus * initial_replicas(deployment)
+    return max(MIN_AUTO_CPUS, machine_cpus() - others)
+
+
+def _resources(scale: DeploymentScale, num_cpus: float) -> dict[str, float]:
+    return {"CPU": num_cpus, "GPU": scale.num_gpus, **scale.resources}
+
+
+def layout_demands(config: AppConfig, classifier_cpus: float) -> list[Demand]:
+    """What each deployment the config enables reserves, as `placement_problem` checks it."""
+    demands = [
+        Demand(
+            "Classifier",
+            initial_replicas(config.classifier),
+            _resources(config.classifier, classifier_cpus),
+        )
+    ]
+    if config.prefilter.enabled:
+        scale = config.prefilter.deployment
+        demands.append(
+            Demand("Prefilter", initial_replicas(scale), _resources(scale, scale.num_cpus))
+        )
+    if config.jobs.enabled:
+        demands.append(Demand("JobRunner", 1, {HEAD_NODE_RESOURCE: JOB_RUNNER_HEAD_SHARE}))
+    demands.append(
+        Demand(
+            "Ingress",
+            initial_replicas(config.ingress),
+            _resources(config.ingress, config.ingress.num_cpus),
+        )
+    )
+    return demands
 
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
@@ -74,6 +115,13 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         budget = classifier_cpus = auto_classifier_cpus(config)
     else:
         classifier_cpus = config.classifier.num_cpus
+    demands = layout_demands(config, classifier_cpus)
+    if config.check_placement:
+        # Ray is initialised here under `serve deploy` and in Python drivers; `serve run` calls
+        # the builder before it starts Ray, and the Ingress replica checks the same at start.
+        problem = placement_problem(demands, live_nodes())
+        if problem:
+            raise StartupError(problem)
     # Replicas load the already-resolved source, so they never touch the network. Batching is
     # bound once, as user_config, so a redeploy with a new one retunes running replicas.
     classifier = Classifier.options(
@@ -86,7 +134,10 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         # The only process that opens the SQLite job store, so it runs where the file is: the
         # head node (docs/OPERATIONS.md). It only waits on I/O: no CPU reserved.
         jobs = JobRunner.options(
-            ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}}
+            ray_actor_options={
+                "num_cpus": 0,
+                "resources": {HEAD_NODE_RESOURCE: JOB_RUNNER_HEAD_SHARE},
+            }
         ).bind(
             config.jobs,
             scorer,
@@ -94,7 +145,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             RateLimitClient(config.rate_limit) if config.rate_limit.enabled else None,
         )
     return Ingress.options(**deployment_options(config.ingress, config.ingress.num_cpus)).bind(
-        config, scorer, jobs
+        config, scorer, jobs, demands
     )
 
 

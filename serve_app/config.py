@@ -358,6 +358,18 @@ class AppConfig(ModelConfig):
     prefilter: PrefilterConfig = PrefilterConfig()
     classifier: ClassifierScale = ClassifierScale()
     ingress: IngressScale = IngressScale()
+    check_placement: bool = Field(
+        True,
+        description="Refuse to start, naming the deployment, when a deployment's replicas "
+        "cannot be placed on the cluster's nodes (checked against the nodes' totals at build "
+        "and at ingress start). Turn off on a cluster that adds nodes on demand (autoscaler).",
+    )
+    health_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="GET /healthz answers 503 when a deployment (Classifier, Prefilter, "
+        "JobRunner) has not answered within this long and has served nothing meanwhile.",
+    )
 
     @field_validator("model")
     @classmethod

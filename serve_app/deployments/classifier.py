@@ -101,6 +101,9 @@ class Classifier:
         )
         return self.engine.finish(scoring, rows)
 
+    async def ping(self) -> None:
+        """The readiness probe of /healthz: answers as soon as the replica's loop is free."""
+
     async def check(self, request: PreparedRequest) -> None:
         """Refuse labels that cannot be scored (a hypothesis longer than the window), so a job
         is refused at submission instead of failing later."""

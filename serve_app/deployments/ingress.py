@@ -16,7 +16,9 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.core.defaults import DEFAULT_TEMPLATE
+from serve_app.core.placement import Demand, PlacementError, placement_problem
 from serve_app.core.requests import prepare_request, resolve_top_k
+from serve_app.deployments.cluster import live_nodes
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
 from serve_app.http.app import create_app
@@ -29,8 +31,19 @@ from serve_app.http.routes.services import Services
 @serve.ingress()
 class Ingress:
     def __init__(
-        self, config: AppConfig, scorer: Scorer, jobs: DeploymentHandle | None = None
+        self,
+        config: AppConfig,
+        scorer: Scorer,
+        jobs: DeploymentHandle | None = None,
+        demands: list[Demand] | None = None,
     ) -> None:
+        if config.check_placement and demands:
+            # `serve run` builds the app before Ray starts, so build_app could not check: the
+            # same check here, on the live cluster, turns a replica that would wait forever
+            # for resources into a failed start that names it (in `serve status` too).
+            problem = placement_problem(demands, live_nodes())
+            if problem:
+                raise PlacementError(problem)
         self.config = config
         self.scorer = scorer
         rate_limiter = None
@@ -39,6 +52,9 @@ class Ingress:
             # Find or create the shared limiter now, so the first requests after a deploy are
             # limited instead of meeting an actor that is still starting (and failing open).
             rate_limiter.connect()
+        liveness = scorer.liveness
+        if jobs is not None:
+            liveness.add("JobRunner", jobs.ping.remote)
         self.services = Services(
             config=config,
             scorer=scorer,
@@ -47,6 +63,7 @@ class Ingress:
             # Read here, in the replica, so a key set in the pod's environment (e.g. from a
             # Kubernetes secret) never travels through the app's config; only digests stay.
             api_keys=ApiKeys.from_config(config.auth, os.environ),
+            liveness=liveness,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

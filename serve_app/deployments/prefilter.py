@@ -107,6 +107,9 @@ class Prefilter:
         self._recent.append(BatchRecord(len(items), calls, time.perf_counter() - started))
         return list(vectors)
 
+    async def ping(self) -> None:
+        """The readiness probe of /healthz: answers as soon as the replica's loop is free."""
+
     def stats(self) -> dict[str, Any]:
         """What this replica embedded: recent text batches, totals and the label cache; with
         its id, so callers can tell replicas apart."""

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
+from serve_app.core.errors import error_body
 from serve_app.http.routes.services import ServicesDep
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -15,8 +16,25 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 router = APIRouter()
 
 
-@router.get("/healthz", summary="Liveness of this ingress replica", tags=["meta"])
-async def healthz() -> dict[str, str]:
+@router.get(
+    "/healthz",
+    summary="Readiness: every deployment of the app has a replica that answers",
+    tags=["meta"],
+    responses={503: {"description": "A deployment has no replica that answers (named)."}},
+)
+async def healthz(svc: ServicesDep) -> Any:
+    missing = await svc.liveness.missing(svc.config.health_timeout_s)
+    if missing:
+        names = ", ".join(missing)
+        message = (
+            f"not ready: {names} did not answer within {svc.config.health_timeout_s:g} s "
+            "(starting, not placed, or failed: see `serve status`)"
+        )
+        return JSONResponse(
+            status_code=503,
+            content={**error_body("not_ready", message), "missing": missing},
+            headers={"Retry-After": "5"},
+        )
     return {"status": "ok"}
 
 
