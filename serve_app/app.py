@@ -1,7 +1,8 @@
 """The composition root: `serve run serve_app.app:build_app model=DIR`.
 
-`build_app` validates its typed args once (`AppConfig`), resolves the model in the driver so a
-missing or unreachable model fails at start with one message (not a replica crash loop), sizes
+`build_app` validates its typed args once (`AppConfig`), checks the model in the driver so a
+missing or unreachable model fails at start with one message (not a replica crash loop) and
+pins it to the commit found (each replica resolves that on its own node), sizes
 the Classifier for the machine when asked (`num_cpus: auto`), and binds the deployments with
 typed configs: Ingress -> Scorer -> (Prefilter ->) Classifier, and Ingress -> JobRunner ->
 Scorer when jobs are enabled.
@@ -25,7 +26,7 @@ from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.options import deployment_options
 from serve_app.deployments.scoring import Scorer
 from serve_app.engine.backends import backend_type
-from serve_app.engine.source import ModelLoadError, read_label_indices, resolve_model_source
+from serve_app.engine.source import ModelLoadError, pin_model, read_label_indices
 from serve_app.engine.threads import affinity_cpus
 
 APP_NAME = "zsc"
@@ -100,14 +101,22 @@ def layout_demands(config: AppConfig, classifier_cpus: float) -> list[Demand]:
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
-    settings = config.model_settings()
     try:
-        source = resolve_model_source(
+        ref, source = pin_model(
             config.model, config.revision, backend_type(config.backend).files(config.onnx_file)
         )
         read_label_indices(source)
     except (ModelLoadError, ModelLabelError) as exc:
         raise StartupError(f"zsc: {exc}") from None
+    # From here on the config names what every replica resolves on its own node: the hub id
+    # pinned to the commit found here, or the local directory as an absolute path.
+    pinned: dict[str, Any] = {"model": ref.model, "revision": ref.revision}
+    if config.prefilter.enabled:
+        from serve_app.deployments.prefilter import pin_prefilter
+
+        pinned["prefilter"] = pin_prefilter(config.prefilter)
+    config = config.model_copy(update=pinned)
+    settings = config.model_settings()
 
     # Threads follow the reservation when build_app sized it; else Ray's OMP_NUM_THREADS.
     budget: float | None = None
@@ -122,12 +131,12 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         problem = placement_problem(demands, live_nodes())
         if problem:
             raise StartupError(problem)
-    # Replicas load the already-resolved source, so they never touch the network. Batching is
-    # bound once, as user_config, so a redeploy with a new one retunes running replicas.
+    # Each replica resolves the pinned model on its own node. Batching is bound once, as
+    # user_config, so a redeploy with a new one retunes running replicas.
     classifier = Classifier.options(
         **deployment_options(config.classifier, classifier_cpus),
         user_config=config.batching.model_dump(),
-    ).bind(settings, source, budget)
+    ).bind(settings, budget)
     scorer = Scorer(classifier, _prefilter(config))
     jobs = None
     if config.jobs.enabled:

@@ -44,7 +44,11 @@ async def model_info(svc: ServicesDep) -> dict[str, Any]:
     return {
         **await svc.scorer.model_info(),
         "limits": svc.config.limits.model_dump(),
-        "prefilter": {"model": prefilter.model, "top_k": prefilter.top_k}
+        "prefilter": {
+            "model": prefilter.model,
+            "revision": prefilter.revision,
+            "top_k": prefilter.top_k,
+        }
         if prefilter.enabled
         else None,
     }
