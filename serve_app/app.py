@@ -10,6 +10,7 @@ Scorer when jobs are enabled.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.serve import Application
@@ -19,7 +20,7 @@ from serve_app.core.errors import StartupError
 from serve_app.core.nli import ModelLabelError
 from serve_app.core.placement import Demand, placement_problem
 from serve_app.deployments.classifier import Classifier
-from serve_app.deployments.cluster import live_nodes
+from serve_app.deployments.cluster import live_nodes, serve_http_host
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_runner import JobRunner
 from serve_app.deployments.limiter import RateLimitClient
@@ -28,6 +29,7 @@ from serve_app.deployments.scoring import Scorer
 from serve_app.engine.backends import backend_type
 from serve_app.engine.source import ModelLoadError, pin_model, read_label_indices
 from serve_app.engine.threads import affinity_cpus
+from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
 
 APP_NAME = "zsc"
 # Ray's resource on the head node; a tiny amount of it pins an actor there.
@@ -124,6 +126,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         budget = classifier_cpus = auto_classifier_cpus(config)
     else:
         classifier_cpus = config.classifier.num_cpus
+    _check_exposure(config)
     demands = layout_demands(config, classifier_cpus)
     if config.check_placement:
         # Ray is initialised here under `serve deploy` and in Python drivers; `serve run` calls
@@ -165,3 +168,18 @@ def _prefilter(config: AppConfig) -> Any:
     from serve_app.deployments.prefilter import bind_prefilter
 
     return bind_prefilter(config.prefilter)
+
+
+def _check_exposure(config: AppConfig) -> None:
+    """Closed by default where reachable: refuse a non-loopback bind without keys, here when the
+    running Serve's bind is known (the Ingress replica checks again with its own environment)."""
+    known, host = serve_http_host()
+    if not known:
+        return
+    try:
+        keys = open_or_keys(config.auth, os.environ)
+    except AuthConfigError as exc:
+        raise StartupError(f"zsc: {exc}") from None
+    problem = exposure_problem(config.auth, keys, host)
+    if problem:
+        raise StartupError(problem)

@@ -18,11 +18,11 @@ from serve_app.config import AppConfig
 from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.placement import Demand, PlacementError, placement_problem
 from serve_app.core.requests import prepare_request, resolve_top_k
-from serve_app.deployments.cluster import live_nodes
+from serve_app.deployments.cluster import live_nodes, serve_http_host
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
 from serve_app.http.app import create_app
-from serve_app.http.middleware.auth import ApiKeys
+from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
 from serve_app.http.render import classify_body
 from serve_app.http.routes.services import Services
 
@@ -52,6 +52,13 @@ class Ingress:
             # Find or create the shared limiter now, so the first requests after a deploy are
             # limited instead of meeting an actor that is still starting (and failing open).
             rate_limiter.connect()
+        # Read here, in the replica, so a key set in the pod's environment (e.g. from a
+        # Kubernetes secret) never travels through the app's config; only digests stay.
+        api_keys = open_or_keys(config.auth, os.environ)
+        known, host = serve_http_host()
+        problem = exposure_problem(config.auth, api_keys, host if known else None)
+        if problem:
+            raise AuthConfigError(problem)
         liveness = scorer.liveness
         if jobs is not None:
             liveness.add("JobRunner", jobs.ping.remote)
@@ -60,9 +67,7 @@ class Ingress:
             scorer=scorer,
             jobs=jobs,
             rate_limiter=rate_limiter,
-            # Read here, in the replica, so a key set in the pod's environment (e.g. from a
-            # Kubernetes secret) never travels through the app's config; only digests stay.
-            api_keys=ApiKeys.from_config(config.auth, os.environ),
+            api_keys=api_keys,
             liveness=liveness,
         )
 

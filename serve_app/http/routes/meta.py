@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
 from serve_app.core.errors import error_body
+from serve_app.http.middleware.auth import auth_summary
 from serve_app.http.routes.services import ServicesDep
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -44,6 +45,7 @@ async def model_info(svc: ServicesDep) -> dict[str, Any]:
     return {
         **await svc.scorer.model_info(),
         "limits": svc.config.limits.model_dump(),
+        "auth": auth_summary(svc.config.auth, svc.api_keys),
         "prefilter": {
             "model": prefilter.model,
             "revision": prefilter.revision,
