@@ -178,3 +178,40 @@ def test_the_default_layout_with_a_prefilter_answers_a_thousand_labels(
         assert httpx.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}
     finally:
         delete_app(name)
+
+
+@pytest.mark.ray
+def test_under_serve_run_the_ingress_refuses_a_layout_that_cannot_be_placed(
+    serve_instance: str, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve run` builds the app before Ray starts, so build_app cannot check: the Ingress
+    replica does, and its start fails with the same line (in `serve status`), instead of the
+    Classifier waiting forever for a node that offers `no_such_node`."""
+    from live import wait_for
+    from ray import serve
+
+    import serve_app.app
+
+    name = "unplaceable"
+    config = AppConfig.model_validate(
+        {
+            "model": str(tiny_model_dir),
+            "jobs": {"enabled": False},
+            "classifier": {"num_cpus": 0.1, "resources": {"no_such_node": 1}},
+            "ingress": {"num_cpus": 0.1},
+        }
+    )
+    # What build_app sees under `serve run`: no cluster yet.
+    monkeypatch.setattr(serve_app.app, "live_nodes", lambda: [])
+    app = build_app(config)
+    try:
+        with pytest.raises(RuntimeError, match="Failed to update the deployments"):
+            serve.run(app, name=name, route_prefix=f"/{name}")
+        line = "zsc: the Classifier deployment cannot be placed"
+        message = serve.status().applications[name].deployments["Ingress"].message
+        (ours,) = [m for m in message.splitlines() if line in m]
+        assert "no node offers no_such_node" in ours
+    finally:
+        # A replica that waits for resources takes a while to stop: wait past delete's 60 s.
+        serve.delete(name, _blocking=False)
+        wait_for(lambda: name not in serve.status().applications, 300, f"{name} to go", 1.0)
