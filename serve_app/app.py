@@ -1,7 +1,8 @@
 """The composition root: `serve run serve_app.app:build_app model=DIR`.
 
-`build_app` validates its typed args once (`AppConfig`), resolves the model in the driver so a
-missing or unreachable model fails at start with one message (not a replica crash loop), sizes
+`build_app` validates its typed args once (`AppConfig`), checks the model in the driver so a
+missing or unreachable model fails at start with one message (not a replica crash loop) and
+pins it to the commit found (each replica resolves that on its own node), sizes
 the Classifier for the machine when asked (`num_cpus: auto`), and binds the deployments with
 typed configs: Ingress -> Scorer -> (Prefilter ->) Classifier, and Ingress -> JobRunner ->
 Scorer when jobs are enabled.
@@ -9,26 +10,31 @@ Scorer when jobs are enabled.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, DeploymentScale
 from serve_app.core.errors import StartupError
 from serve_app.core.nli import ModelLabelError
+from serve_app.core.placement import Demand, placement_problem
 from serve_app.deployments.classifier import Classifier
+from serve_app.deployments.cluster import live_nodes, serve_http_host
 from serve_app.deployments.ingress import Ingress
 from serve_app.deployments.job_runner import JobRunner
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.options import deployment_options
 from serve_app.deployments.scoring import Scorer
 from serve_app.engine.backends import backend_type
-from serve_app.engine.source import ModelLoadError, read_label_indices, resolve_model_source
+from serve_app.engine.source import ModelLoadError, pin_model, read_label_indices
 from serve_app.engine.threads import affinity_cpus
+from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
 from serve_app.jobs.store import is_shared, store_url
 
 # Ray's resource on the head node; a tiny amount of it pins an actor there.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
+JOB_RUNNER_HEAD_SHARE = 0.001
 # The CPU reservation of the Classifier with `num_cpus: auto` never drops below this.
 MIN_AUTO_CPUS = 0.5
 
@@ -47,27 +53,75 @@ def machine_cpus() -> float:
     return float(affinity_cpus())
 
 
+def initial_replicas(scale: DeploymentScale) -> int:
+    """The replicas a deployment starts with (what must be placed at deploy time)."""
+    if scale.autoscaling is not None:
+        return scale.autoscaling.initial_replicas or scale.autoscaling.min_replicas
+    return scale.num_replicas if isinstance(scale.num_replicas, int) else 1
+
+
 def auto_classifier_cpus(config: AppConfig) -> float:
-    """`num_cpus: auto`: the machine's CPUs less what the ingress replicas reserve (the proxy
-    and the job runner reserve none), for one Classifier replica on a single machine."""
-    ingress = config.ingress
-    replicas = ingress.num_replicas if isinstance(ingress.num_replicas, int) else 1
-    if ingress.autoscaling is not None:
-        replicas = ingress.autoscaling.initial_replicas or ingress.autoscaling.min_replicas
-    return max(MIN_AUTO_CPUS, machine_cpus() - ingress.num_cpus * replicas)
+    """`num_cpus: auto`: the machine's CPUs less what every other deployment the config enables
+    reserves (the ingress replicas, the prefilter's; the proxy and the job runner reserve
+    none), for one Classifier replica on a single machine."""
+    others = config.ingress.num_cpus * initial_replicas(config.ingress)
+    if config.prefilter.enabled:
+        deployment = config.prefilter.deployment
+        others += deployment.num_cpus * initial_replicas(deployment)
+    return max(MIN_AUTO_CPUS, machine_cpus() - others)
+
+
+def _resources(scale: DeploymentScale, num_cpus: float) -> dict[str, float]:
+    return {"CPU": num_cpus, "GPU": scale.num_gpus, **scale.resources}
+
+
+def layout_demands(config: AppConfig, classifier_cpus: float) -> list[Demand]:
+    """What each deployment the config enables reserves, as `placement_problem` checks it."""
+    demands = [
+        Demand(
+            "Classifier",
+            initial_replicas(config.classifier),
+            _resources(config.classifier, classifier_cpus),
+        )
+    ]
+    if config.prefilter.enabled:
+        scale = config.prefilter.deployment
+        demands.append(
+            Demand("Prefilter", initial_replicas(scale), _resources(scale, scale.num_cpus))
+        )
+    if config.jobs.enabled:
+        options = job_runner_options(config)
+        resources = options["ray_actor_options"].get("resources", {})
+        demands.append(Demand("JobRunner", options["num_replicas"], resources))
+    demands.append(
+        Demand(
+            "Ingress",
+            initial_replicas(config.ingress),
+            _resources(config.ingress, config.ingress.num_cpus),
+        )
+    )
+    return demands
 
 
 def build_app(args: AppConfig | dict[str, Any]) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
-    settings = config.model_settings()
     try:
-        source = resolve_model_source(
+        ref, source = pin_model(
             config.model, config.revision, backend_type(config.backend).files(config.onnx_file)
         )
         read_label_indices(source, config.label_indices_map())
     except (ModelLoadError, ModelLabelError) as exc:
         preset = f"preset {config.preset!r}: " if config.preset else ""
         raise StartupError(f"zsc: {preset}{exc}") from None
+    # From here on the config names what every replica resolves on its own node: the hub id
+    # pinned to the commit found here, or the local directory as an absolute path.
+    pinned: dict[str, Any] = {"model": ref.model, "revision": ref.revision}
+    if config.prefilter.enabled:
+        from serve_app.deployments.prefilter import pin_prefilter
+
+        pinned["prefilter"] = pin_prefilter(config.prefilter)
+    config = config.model_copy(update=pinned)
+    settings = config.model_settings()
 
     # Threads follow the reservation when build_app sized it; else Ray's OMP_NUM_THREADS.
     budget: float | None = None
@@ -75,12 +129,20 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
         budget = classifier_cpus = auto_classifier_cpus(config)
     else:
         classifier_cpus = config.classifier.num_cpus
-    # Replicas load the already-resolved source, so they never touch the network. Batching is
-    # bound once, as user_config, so a redeploy with a new one retunes running replicas.
+    _check_exposure(config)
+    demands = layout_demands(config, classifier_cpus)
+    if config.check_placement:
+        # Ray is initialised here under `serve deploy` and in Python drivers; `serve run` calls
+        # the builder before it starts Ray, and the Ingress replica checks the same at start.
+        problem = placement_problem(demands, live_nodes())
+        if problem:
+            raise StartupError(problem)
+    # Each replica resolves the pinned model on its own node. Batching is bound once, as
+    # user_config, so a redeploy with a new one retunes running replicas.
     classifier = Classifier.options(
         **deployment_options(config.classifier, classifier_cpus),
         user_config=config.batching.model_dump(),
-    ).bind(settings, source, budget)
+    ).bind(settings, budget)
     scorer = Scorer(classifier, _prefilter(config))
     jobs = None
     if config.jobs.enabled:
@@ -91,7 +153,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
             RateLimitClient(config.rate_limit) if config.rate_limit.enabled else None,
         )
     return Ingress.options(**deployment_options(config.ingress, config.ingress.num_cpus)).bind(
-        config, scorer, jobs
+        config, scorer, jobs, demands
     )
 
 
@@ -107,7 +169,10 @@ def job_runner_options(config: AppConfig) -> dict[str, Any]:
         )
     return {
         "num_replicas": 1,
-        "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+        "ray_actor_options": {
+            "num_cpus": 0,
+            "resources": {HEAD_NODE_RESOURCE: JOB_RUNNER_HEAD_SHARE},
+        },
     }
 
 
@@ -118,3 +183,18 @@ def _prefilter(config: AppConfig) -> Any:
     from serve_app.deployments.prefilter import bind_prefilter
 
     return bind_prefilter(config.prefilter)
+
+
+def _check_exposure(config: AppConfig) -> None:
+    """Closed by default where reachable: refuse a non-loopback bind without keys, here when the
+    running Serve's bind is known (the Ingress replica checks again with its own environment)."""
+    known, host = serve_http_host()
+    if not known:
+        return
+    try:
+        keys = open_or_keys(config.auth, os.environ)
+    except AuthConfigError as exc:
+        raise StartupError(f"zsc: {exc}") from None
+    problem = exposure_problem(config.auth, keys, host)
+    if problem:
+        raise StartupError(problem)

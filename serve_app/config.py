@@ -354,7 +354,16 @@ KeyHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-fA-F]{64}$")]
 
 
 class AuthConfig(_Section):
-    """Optional API keys. Store hashes, never keys: `sha256:<hex>` or plain keys from the env."""
+    """API keys. Store hashes, never keys: `sha256:<hex>` or plain keys from the env. Closed by
+    default where reachable: a Serve HTTP bind other than loopback needs keys or `mode: none`."""
+
+    mode: Literal["keys", "none"] | None = Field(
+        None,
+        description="keys: every /v1 call needs a key, and the app refuses to start without "
+        "one; none: no keys, open to anyone who can reach the port (said in the log and in GET "
+        "/v1/model); unset: keys when any is configured, else open on a loopback bind only (a "
+        "bind to any other address refuses to start).",
+    )
 
     api_key_hashes: dict[str, KeyHash] = Field(
         default_factory=dict,
@@ -363,6 +372,12 @@ class AuthConfig(_Section):
     api_keys_env: str = Field(
         "ZSC_API_KEYS", description="Env var with 'name:key,name2:key2' pairs, read at start."
     )
+
+    @model_validator(mode="after")
+    def _none_means_no_keys(self) -> AuthConfig:
+        if self.mode == "none" and self.api_key_hashes:
+            raise ValueError("auth.mode: none conflicts with auth.api_key_hashes; remove one")
+        return self
 
 
 class AutoscalingSettings(_Section):
@@ -508,6 +523,18 @@ class AppConfig(ModelConfig):
     prefilter: PrefilterConfig = PrefilterConfig()
     classifier: ClassifierScale = ClassifierScale()
     ingress: IngressScale = IngressScale()
+    check_placement: bool = Field(
+        True,
+        description="Refuse to start, naming the deployment, when a deployment's replicas "
+        "cannot be placed on the cluster's nodes (checked against the nodes' totals at build "
+        "and at ingress start). Turn off on a cluster that adds nodes on demand (autoscaler).",
+    )
+    health_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="GET /healthz answers 503 when a deployment (Classifier, Prefilter, "
+        "JobRunner) has not answered within this long and has served nothing meanwhile.",
+    )
 
     @field_validator("model")
     @classmethod

@@ -24,8 +24,10 @@ from ray import serve
 from serve_app.config import BatchingConfig, ModelConfig
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
+from serve_app.engine.backends import backend_type
 from serve_app.engine.engine import Engine
 from serve_app.engine.protocol import Pair
+from serve_app.engine.source import replica_source
 from serve_app.observability.metrics import ClassifierMetrics, add
 
 log = logging.getLogger("ray.serve")
@@ -58,7 +60,14 @@ class BatchRecord:
 
 @serve.deployment(name="Classifier")
 class Classifier:
-    def __init__(self, settings: ModelConfig, source: str, cpu_budget: float | None = None) -> None:
+    def __init__(self, settings: ModelConfig, cpu_budget: float | None = None) -> None:
+        # On this replica's node: its own HF cache (the pinned commit), or the local directory
+        # the operator declared present on every node (docs/OPERATIONS.md).
+        source = replica_source(
+            settings.model,
+            settings.revision,
+            backend_type(settings.backend).files(settings.onnx_file),
+        )
         self.engine = Engine(settings, source, cpu_budget)
         self.metrics = ClassifierMetrics(settings.backend)
         self.engine.on_forward = self.metrics.forward
@@ -101,6 +110,9 @@ class Classifier:
             *(self._score_pair(BatchItem(call_id, queued_at, pair)) for pair in scoring.todo)
         )
         return self.engine.finish(scoring, rows)
+
+    async def ping(self) -> None:
+        """The readiness probe of /healthz: answers as soon as the replica's loop is free."""
 
     async def check(self, request: PreparedRequest) -> None:
         """Refuse labels that cannot be scored (a hypothesis longer than the window), so a job

@@ -15,11 +15,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
+from serve_app.core.placement import Demand, PlacementError, placement_problem
 from serve_app.core.requests import prepare_request, resolve_top_k
+from serve_app.deployments.cluster import live_nodes, serve_http_host
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
 from serve_app.http.app import create_app
-from serve_app.http.middleware.auth import ApiKeys
+from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
 from serve_app.http.render import classify_body
 from serve_app.http.routes.services import Services
 
@@ -28,8 +30,19 @@ from serve_app.http.routes.services import Services
 @serve.ingress()
 class Ingress:
     def __init__(
-        self, config: AppConfig, scorer: Scorer, jobs: DeploymentHandle | None = None
+        self,
+        config: AppConfig,
+        scorer: Scorer,
+        jobs: DeploymentHandle | None = None,
+        demands: list[Demand] | None = None,
     ) -> None:
+        if config.check_placement and demands:
+            # `serve run` builds the app before Ray starts, so build_app could not check: the
+            # same check here, on the live cluster, turns a replica that would wait forever
+            # for resources into a failed start that names it (in `serve status` too).
+            problem = placement_problem(demands, live_nodes())
+            if problem:
+                raise PlacementError(problem)
         self.config = config
         self.scorer = scorer
         rate_limiter = None
@@ -38,14 +51,23 @@ class Ingress:
             # Find or create the shared limiter now, so the first requests after a deploy are
             # limited instead of meeting an actor that is still starting (and failing open).
             rate_limiter.connect()
+        # Read here, in the replica, so a key set in the pod's environment (e.g. from a
+        # Kubernetes secret) never travels through the app's config; only digests stay.
+        api_keys = open_or_keys(config.auth, os.environ)
+        known, host = serve_http_host()
+        problem = exposure_problem(config.auth, api_keys, host if known else None)
+        if problem:
+            raise AuthConfigError(problem)
+        liveness = scorer.liveness
+        if jobs is not None:
+            liveness.add("JobRunner", jobs.ping.remote)
         self.services = Services(
             config=config,
             scorer=scorer,
             jobs=jobs,
             rate_limiter=rate_limiter,
-            # Read here, in the replica, so a key set in the pod's environment (e.g. from a
-            # Kubernetes secret) never travels through the app's config; only digests stay.
-            api_keys=ApiKeys.from_config(config.auth, os.environ),
+            api_keys=api_keys,
+            liveness=liveness,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -140,6 +140,10 @@ class JobRunner:
     async def cancel(self, job_id: str, owner: str | None) -> Job | None:
         return await self.scheduler.cancel(job_id, owner)
 
+    async def ping(self) -> None:
+        """The readiness probe of /healthz: fails as Serve's health check does."""
+        await self.check_health()
+
     async def check_health(self) -> None:
         # A dead loop would leave jobs queued forever: fail the health check so Serve replaces
         # this replica, and the new one resumes from the store.

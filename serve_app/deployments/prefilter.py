@@ -27,7 +27,7 @@ from serve_app.config import PrefilterConfig
 from serve_app.core.errors import StartupError
 from serve_app.deployments.options import deployment_options
 from serve_app.engine.bi_encoder import BiEncoder, top_k_indices
-from serve_app.engine.source import ModelLoadError, resolve_model_source
+from serve_app.engine.source import ModelLoadError, pin_model, replica_source
 from serve_app.observability.metrics import PrefilterMetrics, add
 
 log = logging.getLogger("ray.serve")
@@ -54,8 +54,11 @@ class BatchRecord:
 
 @serve.deployment(name="Prefilter")
 class Prefilter:
-    def __init__(self, settings: PrefilterConfig, source: str) -> None:
+    def __init__(self, settings: PrefilterConfig) -> None:
         assert settings.model is not None
+        source = replica_source(
+            settings.model, settings.revision, BI_ENCODER_WEIGHTS, required="modules.json"
+        )
         self.encoder = BiEncoder(
             source, settings.model, settings.device, settings.dtype, settings.label_cache_entries
         )
@@ -107,6 +110,9 @@ class Prefilter:
         self._recent.append(BatchRecord(len(items), calls, time.perf_counter() - started))
         return list(vectors)
 
+    async def ping(self) -> None:
+        """The readiness probe of /healthz: answers as soon as the replica's loop is free."""
+
     def stats(self) -> dict[str, Any]:
         """What this replica embedded: recent text batches, totals and the label cache; with
         its id, so callers can tell replicas apart."""
@@ -129,10 +135,10 @@ class Prefilter:
         self._recent.clear()
 
 
-def bind_prefilter(settings: PrefilterConfig) -> Application:
-    """The Prefilter bound for `build_app`. The model is resolved here, in the driver, so a
-    missing or unreachable bi-encoder fails at start with one line, and replicas load the
-    resolved directory without touching the network."""
+def pin_prefilter(settings: PrefilterConfig) -> PrefilterConfig:
+    """The prefilter settings with the bi-encoder checked here, in the driver (a missing or
+    unreachable one fails at start with one line), and pinned: a hub id to the commit found, a
+    local directory to its absolute path. Each replica resolves that on its own node."""
     assert settings.model is not None
     if importlib.util.find_spec("sentence_transformers") is None:
         raise StartupError(
@@ -140,13 +146,18 @@ def bind_prefilter(settings: PrefilterConfig) -> Application:
             "pip install 'zsc[prefilter]'"
         )
     try:
-        source = resolve_model_source(
+        ref, _ = pin_model(
             settings.model, settings.revision, BI_ENCODER_WEIGHTS, required="modules.json"
         )
     except ModelLoadError as exc:
         raise StartupError(f"zsc: prefilter.model: {exc}") from None
+    return settings.model_copy(update={"model": ref.model, "revision": ref.revision})
+
+
+def bind_prefilter(settings: PrefilterConfig) -> Application:
+    """The Prefilter bound for `build_app`, from settings `pin_prefilter` pinned."""
     batching = settings.model_dump(include={"max_batch_texts", "batch_wait_timeout_s"})
     return Prefilter.options(
         **deployment_options(settings.deployment, settings.deployment.num_cpus),
         user_config=batching,
-    ).bind(settings, source)
+    ).bind(settings)

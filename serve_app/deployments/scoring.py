@@ -8,6 +8,7 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.core.health import Liveness
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 
@@ -16,6 +17,20 @@ class Scorer:
     def __init__(self, classifier: DeploymentHandle, prefilter: DeploymentHandle | None = None):
         self.classifier = classifier
         self.prefilter = prefilter
+        self._liveness: Liveness | None = None
+
+    @property
+    def liveness(self) -> Liveness:
+        """What answered lately, for /healthz: made in the process that uses it (each ingress
+        replica, the job runner), never pickled with a deployment's arguments."""
+        if self._liveness is None:
+            self._liveness = Liveness({"Classifier": self.classifier.ping.remote})
+            if self.prefilter is not None:
+                self._liveness.add("Prefilter", self.prefilter.ping.remote)
+        return self._liveness
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_liveness": None}
 
     async def classify(self, request: PreparedRequest) -> Classification:
         if request.needs_prefilter:
@@ -24,8 +39,10 @@ class Scorer:
             candidates = await self.prefilter.top_k.remote(
                 request.texts, request.labels, request.hypothesis_template, request.top_k
             )
+            self.liveness.answered("Prefilter")
             request = request.with_candidates(candidates)
         result: Classification = await self.classifier.classify.remote(request)
+        self.liveness.answered("Classifier")
         return result
 
     async def check(self, request: PreparedRequest) -> None:

@@ -227,3 +227,27 @@ def build_test_bi_encoder(out_dir: str | Path, *, pooling: str = "mean", seed: i
     data["zsc_random_weights"] = True
     config_file.write_text(json.dumps(data, indent=2))
     return out
+
+
+def place_in_hub_cache(model_dir: str | Path, hub_cache: str | Path, repo_id: str) -> str:
+    """Copy a built model into a Hugging Face hub cache (`$HF_HOME/hub`) as if it had been
+    downloaded from `repo_id`: `models--org--name/snapshots/<commit>/...` with `refs/main`
+    naming that commit, which is derived from the files' contents. Returns the commit.
+
+    What a node that was given the model (a baked image, `hf download`) holds, so tests can
+    resolve a hub id offline without a hub.
+    """
+    import hashlib
+    import shutil
+
+    source = Path(model_dir)
+    digest = hashlib.sha1(repo_id.encode())
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(source)).encode())
+        digest.update(path.read_bytes())
+    commit = digest.hexdigest()
+    repo = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(source, repo / "snapshots" / commit, dirs_exist_ok=True)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit

@@ -249,6 +249,7 @@ class Engine:
         runtime = self.backend.describe()
         return {
             "model": self.name,
+            # The commit every replica loads (a hub model), None for a local directory.
             "revision": self.settings.revision,
             "source": self.source,
             **runtime,

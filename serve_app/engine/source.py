@@ -1,15 +1,21 @@
-"""Where a model comes from: a local directory, or a hub id fetched once into the HF cache.
+"""Where a model comes from: a local directory, or a hub id fetched into the HF cache.
 
-`resolve_model_source` runs once in `build_app`, so a missing or unreachable model fails at
-start with one message naming the fix, and replicas load the resolved directory without touching
-the network. For a hub id only the files the configured backend needs are downloaded (an ONNX
-replica never fetches the safetensors). `read_model_files` reads config.json as JSON: no torch.
+`pin_model` runs once in `build_app` (the driver), so a missing or unreachable model fails at
+start with one message naming the fix; it pins a hub model to the commit it found. What the
+replicas get is that `ModelRef` (hub id and commit, or a local directory the operator declares
+present on every node), never a path that exists only on the driver's node: each replica calls
+`resolve_model_source` on its own node, in its own HF cache (offline it is a cache lookup).
+For a hub id only the files the configured backend needs are downloaded (an ONNX replica never
+fetches the safetensors). `read_model_files` reads config.json as JSON: no torch.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve_app.core.nli import NLILabelIndices, nli_label_indices
@@ -42,15 +48,32 @@ POSITIONS_AFTER_PADDING = frozenset(
 )
 
 
+log = logging.getLogger("ray.serve")
+
+
 class ModelLoadError(RuntimeError):
     """The model cannot be loaded; the message says how to fix it."""
 
 
-def _offline_hint(model: str, exc: BaseException) -> str:
+# huggingface_hub's snapshot folders are named by the commit they hold.
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a replica loads: a hub id pinned to a commit, or a local directory (absolute)."""
+
+    model: str
+    revision: str | None
+    local: bool
+
+
+def _offline_hint(model: str, revision: str | None, exc: BaseException) -> str:
     first_line = str(exc).splitlines()[0] if str(exc) else ""
+    at = f" at revision {revision}" if revision else ""
     return (
-        f"Cannot load the model {model!r}: it is not a local directory and the Hugging Face hub "
-        f"could not provide it ({type(exc).__name__}: {first_line}). "
+        f"Cannot load the model {model!r}{at}: it is not a local directory and the Hugging Face "
+        f"hub could not provide it ({type(exc).__name__}: {first_line}). "
         "Fix: pass a local directory that holds the model (make run MODEL=/path/to/model, or "
         "serve run serve_app.app:build_app model=/path/to/model), download it once where the hub "
         f"is reachable (hf download {model}), or run `make demo` for a tiny random test model."
@@ -81,7 +104,41 @@ def resolve_model_source(
             )
         )
     except Exception as exc:  # network, auth, offline mode, missing repo: all mean "cannot load"
-        raise ModelLoadError(_offline_hint(model, exc)) from None
+        raise ModelLoadError(_offline_hint(model, revision, exc)) from None
+
+
+class ReplicaModelError(RuntimeError):
+    """A replica cannot load its model on its node. One line: Serve shows the message in
+    `serve status`, and the replica logs it."""
+
+
+def replica_source(
+    model: str, revision: str | None, weights: Sequence[str], required: str = "config.json"
+) -> str:
+    """`resolve_model_source` in a replica, failing with `ReplicaModelError` (one line)."""
+    try:
+        return resolve_model_source(model, revision, weights, required)
+    except ModelLoadError as exc:
+        message = f"zsc: {exc}"
+        log.error(message)
+        raise ReplicaModelError(message) from None
+
+
+def pin_model(
+    model: str, revision: str | None, weights: Sequence[str], required: str = "config.json"
+) -> tuple[ModelRef, str]:
+    """Check the model once (in the driver) and pin it: the `ModelRef` replicas resolve on their
+    own nodes, and the directory it resolved to here (for checks that read its config).
+
+    A hub model is pinned to the commit of the snapshot found (the snapshot folder's name), so
+    every replica loads the same weights even if the branch moves; a local directory is bound
+    as its absolute path, which must then exist on every node (a shared volume, a baked image).
+    """
+    source = resolve_model_source(model, revision, weights, required)
+    if Path(model).expanduser().is_dir():
+        return ModelRef(source, None, local=True), source
+    found = Path(source).name
+    return ModelRef(model, found if _COMMIT.match(found) else revision, local=False), source
 
 
 def read_config(source: str) -> dict[str, object]:

@@ -194,10 +194,14 @@ class Cluster:
             args += [f"--{name}", str(port)]
         return args
 
-    def _start(self, name: str, make_args: Callable[[], list[str]]) -> RayNode:
+    def _start(
+        self, name: str, make_args: Callable[[], list[str]], env: dict[str, str] | None = None
+    ) -> RayNode:
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                return self._start_once(name if attempt == 1 else f"{name}.{attempt}", make_args())
+                return self._start_once(
+                    name if attempt == 1 else f"{name}.{attempt}", make_args(), env
+                )
             except NodeStartFailed as failure:
                 failure.node.stop(time.monotonic())
                 self.nodes.remove(failure.node)
@@ -206,7 +210,7 @@ class Cluster:
                 print(f"{name}: the raylet gave up on its dashboard agent; starting it again")
         raise AssertionError("not reached")
 
-    def _start_once(self, name: str, args: list[str]) -> RayNode:
+    def _start_once(self, name: str, args: list[str], env: dict[str, str] | None = None) -> RayNode:
         temp_dir = self.base_dir / name
         temp_dir.mkdir()
         log_path = self.base_dir / f"{name}.log"
@@ -225,7 +229,7 @@ class Cluster:
         ]  # fmt: skip
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command, cwd=REPO, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         node = RayNode(name, temp_dir, proc, log_path)
@@ -259,14 +263,23 @@ class Cluster:
         wait_for(lambda: self._get("/api/version", quiet=True), START_TIMEOUT_S, "the dashboard")
         return node
 
-    def start_worker(self, name: str) -> RayNode:
+    def start_worker(
+        self,
+        name: str,
+        resources: dict[str, float] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RayNode:
+        """A worker node with `resources` (default {zsc_worker: 10}) and `env` on top of the
+        cluster's environment (its own HF_HOME, say)."""
         before = {n["node_id"] for n in self.alive_nodes()}
+        custom = json.dumps(resources or {WORKER_RESOURCE: 10})
         node = self._start(
             name,
             lambda: [
                 "--address", self.gcs_address,
-                "--num-cpus", "2", "--resources", json.dumps({WORKER_RESOURCE: 10}),
+                "--num-cpus", "2", "--resources", custom,
             ],
+            env,
         )  # fmt: skip
         new = wait_for(
             lambda: [n for n in self.alive_nodes() if n["node_id"] not in before],
@@ -338,6 +351,16 @@ def _short_base_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, boo
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with own_cluster(tmp_path_factory) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def own_cluster(
+    tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """A head node of this test's own (its ports, temp dir and token; `extra` on top of this
+    process's environment), torn down by killing exactly the processes it started."""
     base_dir, remove_after = _short_base_dir(tmp_path_factory)
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -349,7 +372,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
-    cluster = Cluster(base_dir=base_dir, env=env, token=token)
+    cluster = Cluster(base_dir=base_dir, env={**env, **(extra or {})}, token=token)
     try:
         cluster.start_head()
         yield cluster
@@ -373,6 +396,8 @@ def _serve_config(model_dir: Path, jobs_db: Path, http_port: int) -> dict[str, A
     config["http_options"] = {"host": "127.0.0.1", "port": http_port}
     (app,) = [a for a in config["applications"] if a["name"] == APP]
     args = app["args"]
+    # Loopback here, and the test's clients are anonymous (one bucket per source address).
+    args.pop("auth", None)
     args.update(
         model=str(model_dir),
         device="cpu",

@@ -208,7 +208,9 @@ def test_a_second_request_with_the_same_labels_embeds_no_label(pf_url: str, pref
 
 def test_model_info_reports_the_prefilter(pf_url: str, zsc_url: str) -> None:
     info = httpx.get(f"{pf_url}/v1/model", timeout=30).json()
-    assert info["prefilter"] == {"model": MINILM, "top_k": DEFAULT_K}
+    # A local directory is bound as its absolute path; it has no hub revision.
+    expected = {"model": str(Path(MINILM).resolve()), "revision": None, "top_k": DEFAULT_K}
+    assert info["prefilter"] == expected
     assert httpx.get(f"{zsc_url}/v1/model", timeout=30).json()["prefilter"] is None
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +33,8 @@ from serve_app.core.errors import error_body
 from serve_app.core.keys import HASH_PREFIX, hash_key
 
 __all__ = ["ApiKeys", "AuthConfigError", "hash_key", "install_auth"]
+
+log = logging.getLogger("ray.serve")
 
 PROTECTED_PREFIX = "/v1"
 # The Hugging Face task routes score text too: POST only (GET / is the page).
@@ -95,6 +99,55 @@ class ApiKeys:
             if hmac.compare_digest(presented, digest):
                 found = name
         return found
+
+
+OPEN_NOTICE = "none (open to anyone who can reach the port)"
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether a bind address is reachable from this machine only. None: Serve runs no HTTP
+    proxy at all. '0.0.0.0', '::' and '' bind every interface."""
+    if host is None:
+        return True
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to elsewhere, assume reachable
+
+
+def exposure_problem(config: AuthConfig, keys: ApiKeys, host: str | None) -> str | None:
+    """Why the app must not start with these keys on this bind, in one line; None if it may."""
+    where = f"keys in {config.api_keys_env}=name:key,... or auth.api_key_hashes"
+    if config.mode == "keys" and not keys.enabled:
+        return f"zsc: auth.mode is keys but no API key is configured: set {where}"
+    if config.mode is None and not keys.enabled and not is_loopback(host):
+        return (
+            f"zsc: Serve's HTTP proxy binds {host!r}, reachable from other machines, and no API "
+            f"key is configured: set {where}, or set auth.mode: none to serve anyone who can "
+            "reach the port"
+        )
+    return None
+
+
+def open_or_keys(config: AuthConfig, environ: Mapping[str, str]) -> ApiKeys:
+    """The keys the ingress checks: none at all with `auth.mode: none` (said loudly, since
+    anyone who can reach the port is then served), else the configured ones."""
+    if config.mode == "none":
+        log.warning(
+            "zsc: auth.mode is none: every route is open to anyone who can reach the port "
+            "(no API keys, anonymous callers share one jobs namespace)"
+        )
+        return ApiKeys({})
+    return ApiKeys.from_config(config, environ)
+
+
+def auth_summary(config: AuthConfig, keys: ApiKeys) -> str:
+    """What `GET /v1/model` says about access."""
+    if config.mode == "none":
+        return OPEN_NOTICE
+    return "keys" if keys.enabled else "none (loopback only)"
 
 
 def bearer_token(scope: Scope) -> bytes | None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from serve_app.config import AppConfig
+from serve_app.core.health import Liveness
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.http.admission import Admission
@@ -38,6 +39,8 @@ class Services:
     jobs: Any = None  # the JobRunner's handle; None when jobs.enabled is false
     rate_limiter: Admission | None = None  # None when rate_limit.enabled is false
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys({}))  # none: everything is open
+    # The deployments /healthz checks (the scorer's, the job runner); empty: ready at once.
+    liveness: Liveness = field(default_factory=Liveness)
 
 
 def get_services(request: Request) -> Services:
