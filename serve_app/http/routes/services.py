@@ -16,6 +16,7 @@ from serve_app.config import AppConfig
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.http.admission import Admission
+from serve_app.http.forwarded import TrustedProxies
 from serve_app.http.middleware.auth import ApiKeys
 
 
@@ -38,6 +39,10 @@ class Services:
     jobs: Any = None  # the JobRunner's handle; None when jobs.enabled is false
     rate_limiter: Admission | None = None  # None when rate_limit.enabled is false
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys({}))  # none: everything is open
+    proxies: TrustedProxies = field(init=False)  # config.trusted_proxies, parsed once
+
+    def __post_init__(self) -> None:
+        self.proxies = TrustedProxies(self.config.trusted_proxies)
 
 
 def get_services(request: Request) -> Services:
