@@ -216,6 +216,23 @@ class AuthConfig(_Section):
     )
 
 
+class TracingConfig(_Section):
+    """Request traces over OTLP/HTTP (the `tracing` extra); off, OpenTelemetry is not imported."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces; unset = "
+        "no tracing. A caller's W3C traceparent header is honoured.",
+    )
+    service_name: str = Field("zsc", description="The service.name resource of every span.")
+    sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of new traces kept (a caller's decision wins)."
+    )
+    export_delay_ms: int = Field(
+        2000, ge=10, description="Longest wait before finished spans are exported in a batch."
+    )
+
+
 class AutoscalingSettings(_Section):
     """Serve's request-based autoscaler for one deployment (its `autoscaling_config`)."""
 
@@ -387,6 +404,7 @@ class AppConfig(ModelConfig):
     prefilter: PrefilterConfig = PrefilterConfig()
     classifier: ClassifierScale = ClassifierScale()
     ingress: IngressScale = IngressScale()
+    tracing: TracingConfig = TracingConfig()
     # Serve's proxy option of the same name cannot be set from an app's args, so the ingress
     # enforces it (serve_app/http/middleware/deadline.py); set `http_options.request_timeout_s`
     # in the Serve config to this value or above (docs/OPERATIONS.md, "Overload").

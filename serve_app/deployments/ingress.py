@@ -23,6 +23,7 @@ from serve_app.http.app import create_app
 from serve_app.http.middleware.auth import ApiKeys
 from serve_app.http.render import classify_body
 from serve_app.http.routes.services import Services
+from serve_app.observability import tracing
 
 
 @serve.deployment(name="Ingress")
@@ -33,6 +34,7 @@ class Ingress:
     ) -> None:
         self.config = config
         self.scorer = scorer
+        tracing.setup(config.tracing, "ingress")
         rate_limiter = None
         if config.rate_limit.enabled:
             rate_limiter = RateLimitClient(config.rate_limit)

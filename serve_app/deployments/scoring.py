@@ -14,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.core.errors import OVERLOADED_MESSAGE, Overloaded, ServiceUnavailable
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
+from serve_app.observability import tracing
 
 
 @contextmanager
@@ -40,11 +41,15 @@ class Scorer:
             if request.needs_prefilter:
                 # resolve_top_k only sets top_k when a prefilter is configured.
                 assert self.prefilter is not None and request.top_k is not None
-                candidates = await self.prefilter.top_k.remote(
-                    request.texts, request.labels, request.hypothesis_template, request.top_k
-                )
+                with tracing.span("zsc.prefilter"):
+                    candidates = await self.prefilter.top_k.remote(
+                        request.texts, request.labels, request.hypothesis_template, request.top_k
+                    )
                 request = request.with_candidates(candidates)
-            result: Classification = await self.classifier.classify.remote(request)
+            # The trace crosses into the Classifier's process as a W3C traceparent string.
+            result: Classification = await self.classifier.classify.remote(
+                request, tracing.traceparent()
+            )
         return result
 
     async def check(self, request: PreparedRequest) -> None:
