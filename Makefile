@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[serve,onnx,prefilter,test,bench]"
+	$(BIN)/pip install -q -e ".[serve,onnx,prefilter,tracing,test,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)

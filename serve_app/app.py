@@ -142,7 +142,7 @@ def build_app(args: AppConfig | dict[str, Any]) -> Application:
     classifier = Classifier.options(
         **deployment_options(config.classifier, classifier_cpus),
         user_config=config.batching.model_dump(),
-    ).bind(settings, budget)
+    ).bind(settings, budget, config.tracing)
     scorer = Scorer(classifier, _prefilter(config))
     jobs = None
     if config.jobs.enabled:

@@ -7,6 +7,7 @@ default and a description in one place (the README's configuration table mirrors
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -380,6 +381,23 @@ class AuthConfig(_Section):
         return self
 
 
+class TracingConfig(_Section):
+    """Request traces over OTLP/HTTP (the `tracing` extra); off, OpenTelemetry is not imported."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces URL, e.g. http://otel-collector:4318/v1/traces; unset = "
+        "no tracing. A caller's W3C traceparent header is honoured.",
+    )
+    service_name: str = Field("zsc", description="The service.name resource of every span.")
+    sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of new traces kept (a caller's decision wins)."
+    )
+    export_delay_ms: int = Field(
+        2000, ge=10, description="Longest wait before finished spans are exported in a batch."
+    )
+
+
 class AutoscalingSettings(_Section):
     """Serve's request-based autoscaler for one deployment (its `autoscaling_config`)."""
 
@@ -435,6 +453,13 @@ class DeploymentScale(_Section):
         "offer them (e.g. {'gpu_a100': 1} or a resource given to `ray start --resources`).",
     )
     max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Requests each caller (ingress replica, job runner) may queue for this "
+        "deployment beyond what its replicas hold (max_ongoing_requests each); more are refused "
+        "at once with a 503 instead of waiting. -1 = unbounded.",
+    )
     graceful_shutdown_timeout_s: float = Field(
         120.0,
         gt=0,
@@ -502,6 +527,17 @@ class ClassifierScale(DeploymentScale):
         "them. auto = this machine's CPUs less what the ingress reserves: one replica using "
         "every core (the single-machine default; give a number on a cluster).",
     )
+    # Overload is shed here, where the ingress catches Serve's BackPressureError and answers
+    # its own JSON 503 with Retry-After (docs/OPERATIONS.md, "Overload"). 64 queued beside 64
+    # ongoing is ~1.4 s of work for the tiny model at ~90 requests/s here, and what a 5-label
+    # request costs on the full-size CPU model in ~50 s: below request_timeout_s either way.
+    max_queued_requests: int = Field(
+        64,
+        ge=-1,
+        description="Requests each ingress replica (and the job runner) may queue for the "
+        "Classifier beyond what its replicas hold (max_ongoing_requests each); more are "
+        "answered 503 `overloaded` with Retry-After at once. -1 = unbounded.",
+    )
 
 
 class IngressScale(DeploymentScale):
@@ -509,6 +545,16 @@ class IngressScale(DeploymentScale):
 
     num_cpus: float = Field(0.25, ge=0, description="CPUs Ray reserves per replica.")
     max_ongoing_requests: int = Field(256, ge=1)
+    # Unbounded by default: an ingress overflow is answered by Serve's proxy, in plain text
+    # (ray.serve._private.http_util), not in zsc's JSON envelope. The ingress is fast (it only
+    # validates and awaits), so the shedding happens at the Classifier, where zsc answers.
+    max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="Requests the proxy may queue per ingress beyond max_ongoing_requests per "
+        "replica; -1 = unbounded (the default: Serve's proxy answers this overflow in plain "
+        "text, with Retry-After: 1; the Classifier's queue is where zsc sheds load in JSON).",
+    )
 
 
 class AppConfig(ModelConfig):
@@ -535,6 +581,35 @@ class AppConfig(ModelConfig):
         description="GET /healthz answers 503 when a deployment (Classifier, Prefilter, "
         "JobRunner) has not answered within this long and has served nothing meanwhile.",
     )
+    tracing: TracingConfig = TracingConfig()
+    # Serve's proxy option of the same name cannot be set from an app's args, so the ingress
+    # enforces it (serve_app/http/middleware/deadline.py); set `http_options.request_timeout_s`
+    # in the Serve config to this value or above (docs/OPERATIONS.md, "Overload").
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR networks of load balancers / proxies in front of Serve "
+        "(e.g. ['10.0.0.0/8']). Only a hop from one of these may name the client in "
+        "X-Forwarded-For or Forwarded; empty = the socket's peer is the client.",
+    )
+    request_timeout_s: float | None = Field(
+        120.0,
+        gt=0,
+        description="Seconds one HTTP request may take, body included; later is a JSON 504 "
+        "`timeout` with Retry-After (jobs are for longer work). null = no bound. Set Serve's "
+        "http_options.request_timeout_s to this or above.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address or CIDR network"
+                ) from None
+        return [entry.strip() for entry in value]
 
     @field_validator("model")
     @classmethod

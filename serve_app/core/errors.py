@@ -49,6 +49,8 @@ class RateLimited(ClientError):
 class ServiceUnavailable(Exception):
     """A transient server-side condition; clients should retry (503 + Retry-After)."""
 
+    type = "unavailable"
+
     def __init__(self, message: str, retry_after_s: int = 1):
         super().__init__(message, retry_after_s)
         self.message = message
@@ -56,6 +58,17 @@ class ServiceUnavailable(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+OVERLOADED_MESSAGE = (
+    "the classifier's queue is full; retry after 1 second (or submit large work as a job)"
+)
+
+
+class Overloaded(ServiceUnavailable):
+    """A deployment's queue is full: refused at once rather than queued (503 + Retry-After)."""
+
+    type = "overloaded"
 
 
 class StartupError(SystemExit):

@@ -14,6 +14,7 @@ Headers follow draft-ietf-httpapi-ratelimit-headers in its structured-field form
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 import zlib
@@ -25,6 +26,17 @@ from serve_app.config import RateLimitConfig, RateLimitPolicy
 DEFAULT_POLICY = "default"
 # Callers without an API key or an address (e.g. a job submitted without either) share one bucket.
 ANONYMOUS_KEY = "anonymous"
+
+
+def metric_label(key: str) -> str:
+    """What a client key is called in metrics: the API key's name (a bounded set, configured),
+    or "anonymous" for a key that is a client's address, so label values stay bounded."""
+    try:
+        ipaddress.ip_address(key)
+    except ValueError:
+        return key
+    return ANONYMOUS_KEY
+
 
 # Float slack: a client that waits exactly the advertised time must pass, even when
 # tokens + rate * wait lands a few ulps short of the cost.

@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from serve_app.config import BatchingConfig, ModelConfig
+from serve_app.config import BatchingConfig, ModelConfig, TracingConfig
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.engine.backends import backend_type
 from serve_app.engine.engine import Engine
 from serve_app.engine.protocol import Pair
 from serve_app.engine.source import replica_source
+from serve_app.observability import tracing
 from serve_app.observability.metrics import ClassifierMetrics, add
 
 log = logging.getLogger("ray.serve")
@@ -60,7 +61,16 @@ class BatchRecord:
 
 @serve.deployment(name="Classifier")
 class Classifier:
-    def __init__(self, settings: ModelConfig, cpu_budget: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: ModelConfig,
+        cpu_budget: float | None = None,
+        tracing_config: TracingConfig | None = None,
+    ) -> None:
+        tracing.setup(tracing_config or TracingConfig(), "classifier")
+        # With tracing on: per call, when its first batch started and its last one ended (wall
+        # clock, ns), for the queue-wait and forward spans the call records afterwards.
+        self._batch_times: dict[int, tuple[int, int]] = {}
         # On this replica's node: its own HF cache (the pinned commit), or the local directory
         # the operator declared present on every node (docs/OPERATIONS.md).
         source = replica_source(
@@ -91,25 +101,41 @@ class Classifier:
         self._score_pair.set_max_batch_size(budget)
         self._score_pair.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
-    async def classify(self, request: PreparedRequest) -> Classification:
-        """Score a validated request (the Ingress and the job runner call this)."""
-        started = time.perf_counter()
-        scoring = self.engine.start(request)
-        self.metrics.tokenize_s.observe(time.perf_counter() - started)
-        self.metrics.request_pairs.observe(len(scoring.rows))
-        if scoring.keys is not None:
-            add(self.metrics.cache_lookups, scoring.cache_hits, {"result": "hit"})
-            add(
-                self.metrics.cache_lookups,
-                len(scoring.rows) - scoring.cache_hits,
-                {"result": "miss"},
-            )
-        call_id = next(self._call_ids)
-        queued_at = time.perf_counter()
-        rows = await asyncio.gather(
-            *(self._score_pair(BatchItem(call_id, queued_at, pair)) for pair in scoring.todo)
-        )
-        return self.engine.finish(scoring, rows)
+    async def classify(
+        self, request: PreparedRequest, traceparent: str | None = None
+    ) -> Classification:
+        """Score a validated request (the Ingress and the job runner call this); `traceparent`
+        continues the caller's trace here when tracing is on."""
+        with tracing.span("zsc.classifier", traceparent):
+            started = time.perf_counter()
+            with tracing.span("zsc.tokenize"):
+                scoring = self.engine.start(request)
+            self.metrics.tokenize_s.observe(time.perf_counter() - started)
+            self.metrics.request_pairs.observe(len(scoring.rows))
+            if scoring.keys is not None:
+                add(self.metrics.cache_lookups, scoring.cache_hits, {"result": "hit"})
+                add(
+                    self.metrics.cache_lookups,
+                    len(scoring.rows) - scoring.cache_hits,
+                    {"result": "miss"},
+                )
+            call_id = next(self._call_ids)
+            queued_at = time.perf_counter()
+            queued_ns = time.time_ns()
+            try:
+                rows = await asyncio.gather(
+                    *(
+                        self._score_pair(BatchItem(call_id, queued_at, pair))
+                        for pair in scoring.todo
+                    )
+                )
+            finally:
+                batches = self._batch_times.pop(call_id, None)
+            if batches is not None:
+                attributes = {"zsc.pairs": len(scoring.todo)}
+                tracing.record_span("zsc.queue_wait", queued_ns, batches[0], attributes)
+                tracing.record_span("zsc.forward", batches[0], batches[1], attributes)
+            return self.engine.finish(scoring, rows)
 
     async def ping(self) -> None:
         """The readiness probe of /healthz: answers as soon as the replica's loop is free."""
@@ -134,7 +160,13 @@ class Classifier:
         for wait in waits.values():
             self.metrics.queue_wait_s.observe(wait)
         pairs = [item.pair for item in items]
+        started_ns = time.time_ns()
         logits = self.engine.forward(pairs)  # blocking, see the module docstring
+        if tracing.enabled():
+            ended_ns = time.time_ns()
+            for call_id in waits:
+                first = self._batch_times.get(call_id, (started_ns, ended_ns))[0]
+                self._batch_times[call_id] = (first, ended_ns)
         distinct = len(set(pairs))
         self.metrics.scored(distinct)
         self.metrics.batch_distinct.observe(distinct)

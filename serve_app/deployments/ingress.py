@@ -24,6 +24,7 @@ from serve_app.http.app import create_app
 from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
 from serve_app.http.render import classify_body
 from serve_app.http.routes.services import Services
+from serve_app.observability import tracing
 
 
 @serve.deployment(name="Ingress")
@@ -45,6 +46,7 @@ class Ingress:
                 raise PlacementError(problem)
         self.config = config
         self.scorer = scorer
+        tracing.setup(config.tracing, "ingress")
         rate_limiter = None
         if config.rate_limit.enabled:
             rate_limiter = RateLimitClient(config.rate_limit)

@@ -27,6 +27,7 @@ from ray.exceptions import (
 from ray.serve.exceptions import RayServeException
 
 from serve_app.config import JobsConfig
+from serve_app.core.errors import ServiceUnavailable
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.deployments.limiter import RateLimitClient
@@ -48,6 +49,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     NodeDiedError,
     ObjectLostError,
     RayServeException,
+    # A full Classifier queue (Overloaded) or an unavailable deployment, as the Scorer says them.
+    ServiceUnavailable,
 )
 
 

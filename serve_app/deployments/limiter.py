@@ -39,6 +39,7 @@ from serve_app.core.ratelimit import (
     Decision,
     RateLimiter,
     check_cost,
+    metric_label,
     policy_for,
     shard_of,
 )
@@ -331,7 +332,7 @@ class RateLimitClient:
             return None
         if decision.exceeds_burst:  # the actor already runs a newer policy with a smaller burst
             raise self._above_burst(cost, decision.quota)
-        tags = {"client": key}
+        tags = {"client": metric_label(key)}
         if not decision.allowed:
             self._metrics.refused.inc(cost, tags=tags)
             raise RateLimited(
@@ -362,7 +363,7 @@ class RateLimitClient:
                 await asyncio.sleep(RECONNECT_BACKOFF_S)
                 continue
             if decision.allowed:
-                self._metrics.admitted.inc(piece, tags={"client": key})
+                self._metrics.admitted.inc(piece, tags={"client": metric_label(key)})
                 remaining -= piece
             elif decision.exceeds_burst:
                 burst = decision.quota

@@ -4,13 +4,32 @@ the Python handle and the job runner: the prefilter (when the request has more l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.core.errors import OVERLOADED_MESSAGE, Overloaded, ServiceUnavailable
 from serve_app.core.health import Liveness
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
+from serve_app.observability import tracing
+
+
+@contextmanager
+def _shedding() -> Iterator[None]:
+    """Serve's refusals as zsc's own: an app's handler for BackPressureError is replaced by
+    Serve's plain-text one once the app is built, so the ingress never sees them as such."""
+    try:
+        yield
+    except BackPressureError:
+        raise Overloaded(OVERLOADED_MESSAGE) from None
+    except DeploymentUnavailableError as exc:
+        raise ServiceUnavailable(
+            f"a deployment is unavailable ({exc.message}); retry after 1 second"
+        ) from None
 
 
 class Scorer:
@@ -33,23 +52,30 @@ class Scorer:
         return {**self.__dict__, "_liveness": None}
 
     async def classify(self, request: PreparedRequest) -> Classification:
-        if request.needs_prefilter:
-            # resolve_top_k only sets top_k when a prefilter is configured.
-            assert self.prefilter is not None and request.top_k is not None
-            candidates = await self.prefilter.top_k.remote(
-                request.texts, request.labels, request.hypothesis_template, request.top_k
+        with _shedding():
+            if request.needs_prefilter:
+                # resolve_top_k only sets top_k when a prefilter is configured.
+                assert self.prefilter is not None and request.top_k is not None
+                with tracing.span("zsc.prefilter"):
+                    candidates = await self.prefilter.top_k.remote(
+                        request.texts, request.labels, request.hypothesis_template, request.top_k
+                    )
+                self.liveness.answered("Prefilter")
+                request = request.with_candidates(candidates)
+            # The trace crosses into the Classifier's process as a W3C traceparent string.
+            result: Classification = await self.classifier.classify.remote(
+                request, tracing.traceparent()
             )
-            self.liveness.answered("Prefilter")
-            request = request.with_candidates(candidates)
-        result: Classification = await self.classifier.classify.remote(request)
-        self.liveness.answered("Classifier")
+            self.liveness.answered("Classifier")
         return result
 
     async def check(self, request: PreparedRequest) -> None:
         """Raise the ClientError scoring this request's labels would raise (for jobs, which are
         validated whole at submission and scored later)."""
-        await self.classifier.check.remote(request)
+        with _shedding():
+            await self.classifier.check.remote(request)
 
     async def model_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = await self.classifier.model_info.remote()
+        with _shedding():
+            info: dict[str, Any] = await self.classifier.model_info.remote()
         return info

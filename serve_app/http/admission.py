@@ -8,6 +8,7 @@ from fastapi import Request, Response
 
 from serve_app.core.ratelimit import Decision
 from serve_app.http.identity import client_key
+from serve_app.observability import tracing
 
 
 class Admission(Protocol):
@@ -29,6 +30,7 @@ async def admit(
     Called after validation, so a malformed request is a 4xx that costs no tokens."""
     if limiter is None:
         return
-    decision = await limiter.admit(client_key(request), limiter.cost_of(pairs))
+    with tracing.span("zsc.rate_limit"):
+        decision = await limiter.admit(client_key(request), limiter.cost_of(pairs))
     if decision is not None:
         response.headers.update(decision.headers())

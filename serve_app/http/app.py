@@ -14,8 +14,11 @@ from fastapi import FastAPI
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.middleware.auth import install_auth
 from serve_app.http.middleware.body_guard import BodyGuard
+from serve_app.http.middleware.deadline import RequestDeadline
+from serve_app.http.middleware.tracing import TraceRequests
 from serve_app.http.routes import classify, hf, jobs, meta
 from serve_app.http.routes.services import Services
+from serve_app.observability import tracing
 
 
 def package_version() -> str:
@@ -42,6 +45,11 @@ def create_app(svc: Services) -> FastAPI:
     )
     # Last added runs first: a caller without a key never gets its body read.
     install_auth(app, svc.api_keys)
+    if tracing.enabled():
+        app.add_middleware(TraceRequests)
+    if svc.config.request_timeout_s is not None:
+        # Outermost: the bound covers the whole request, the body and the key check included.
+        app.add_middleware(RequestDeadline, request_timeout_s=svc.config.request_timeout_s)
     install_error_handlers(app)
     app.include_router(classify.router)
     if svc.jobs is not None:

@@ -14,7 +14,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.core.errors import ClientError, ServiceUnavailable, error_body
+from serve_app.core.errors import OVERLOADED_MESSAGE, ClientError, ServiceUnavailable, error_body
 from serve_app.observability.metrics import ErrorMetrics
 
 log = logging.getLogger("ray.serve")
@@ -74,13 +74,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
-        metrics.count("unavailable", "ingress")
-        return retry_later("unavailable", exc.message, exc.retry_after_s)
+        metrics.count(exc.type, "ingress")
+        return retry_later(exc.type, exc.message, exc.retry_after_s)
 
+    # Serve replaces any handler an app registers for BackPressureError (and
+    # DeploymentUnavailableError) with its own plain-text one once the app is built, so the
+    # Scorer turns them into Overloaded / ServiceUnavailable before they get here. This one
+    # serves the in-process app, where Serve does not step in.
     @app.exception_handler(BackPressureError)
     async def _backpressure(_: Request, exc: BackPressureError) -> JSONResponse:
         metrics.count("overloaded", "ingress")
-        return retry_later("overloaded", "the classifier queue is full; retry after 1 second")
+        return retry_later("overloaded", OVERLOADED_MESSAGE)
 
     @app.exception_handler(RayServeException)
     async def _serve_error(_: Request, exc: RayServeException) -> JSONResponse:

@@ -96,12 +96,14 @@ class LimiterMetrics:
     def __init__(self) -> None:
         self.admitted = Counter(
             "zsc_ratelimit_admitted_cost",
-            description="Cost (pairs or requests) admitted by the rate limiter, per client.",
+            description="Cost (pairs or requests) admitted by the rate limiter, per API key name "
+            '("anonymous" for callers without a key).',
             tag_keys=("client",),
         )
         self.refused = Counter(
             "zsc_ratelimit_refused_cost",
-            description="Cost refused with a 429 by the rate limiter, per client.",
+            description="Cost refused with a 429 by the rate limiter, per API key name "
+            '("anonymous" for callers without a key).',
             tag_keys=("client",),
         )
         self.latency_ms = Histogram(

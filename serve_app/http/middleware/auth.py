@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.config import AuthConfig
@@ -152,13 +153,13 @@ def auth_summary(config: AuthConfig, keys: ApiKeys) -> str:
 
 def bearer_token(scope: Scope) -> bytes | None:
     """The key as sent (raw bytes: a UTF-8 key hashes the same as in `hash_key`)."""
-    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
-    for header, value in headers:
-        if header == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-            return None
+    value = Headers(scope=scope).get("authorization")
+    if value is None:
+        return None
+    # Starlette decodes header values as latin-1: encoding back gives the bytes that were sent.
+    scheme, _, token = value.encode("latin-1").partition(b" ")
+    if scheme.lower() == b"bearer" and token.strip():
+        return token.strip()
     return None
 
 
@@ -190,33 +191,30 @@ class ApiKeyAuth:
             return
         token = bearer_token(scope)
         if token is None:
-            await _unauthorized(send, "missing API key: send 'Authorization: Bearer <key>'", None)
+            await _unauthorized(
+                scope, receive, send, "missing API key: send 'Authorization: Bearer <key>'", None
+            )
             return
         name = self.keys.name_of(token)
         if name is None:
-            await _unauthorized(send, "invalid API key", "invalid_token")
+            await _unauthorized(scope, receive, send, "invalid API key", "invalid_token")
             return
         # A new scope and state dict: the server may share the incoming state between requests.
         state = {**scope.get("state", {}), "api_key_name": name}
         await self.app({**scope, "state": state}, receive, send)
 
 
-async def _unauthorized(send: Send, message: str, error: str | None) -> None:
-    body = json.dumps(error_body("unauthorized", message)).encode()
+async def _unauthorized(
+    scope: Scope, receive: Receive, send: Send, message: str, error: str | None
+) -> None:
     # RFC 6750 §3: the challenge, with error="invalid_token" when a key was sent but is wrong.
     challenge = 'Bearer realm="zsc"' + (f', error="{error}"' if error else "")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", challenge.encode()),
-            ],
-        }
+    response = JSONResponse(
+        error_body("unauthorized", message),
+        status_code=401,
+        headers={"WWW-Authenticate": challenge},
     )
-    await send({"type": "http.response.body", "body": body})
+    await response(scope, receive, send)
 
 
 def install_auth(app: FastAPI, keys: ApiKeys) -> None:

@@ -17,6 +17,7 @@ from serve_app.core.health import Liveness
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.http.admission import Admission
+from serve_app.http.forwarded import TrustedProxies
 from serve_app.http.middleware.auth import ApiKeys
 
 
@@ -41,6 +42,10 @@ class Services:
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys({}))  # none: everything is open
     # The deployments /healthz checks (the scorer's, the job runner); empty: ready at once.
     liveness: Liveness = field(default_factory=Liveness)
+    proxies: TrustedProxies = field(init=False)  # config.trusted_proxies, parsed once
+
+    def __post_init__(self) -> None:
+        self.proxies = TrustedProxies(self.config.trusted_proxies)
 
 
 def get_services(request: Request) -> Services:
