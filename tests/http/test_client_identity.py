@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from inprocess import LocalAdmission, client_from, edge_app
+from edge_parts import LocalAdmission, client_from, edge_app
 
 from serve_app.config import AppConfig, RateLimitConfig
 from serve_app.core.ratelimit import ANONYMOUS_KEY, metric_label
