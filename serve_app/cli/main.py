@@ -1,4 +1,4 @@
-"""The `zsc` command line: classify, batch files, jobs, `make-test-model`, `hash-key`, `k8s`,
+"""The `zsc` command line: classify, batch files, jobs, `bulk` (serve_app/cli/bulk.py), `make-test-model`, `hash-key`, `k8s`,
 `export onnx` and `bench`.
 
 Every command that talks to a service goes through `serve_app.client.http`, so the CLI resends
@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from serve_app.cli.bulk import bulk
 from serve_app.client.batch import (
     BatchError,
     BatchSettings,
@@ -50,6 +51,7 @@ export_app = typer.Typer(help="Export a local model for another backend.", no_ar
 app.add_typer(job_app, name="job")
 app.add_typer(kube_app, name="k8s")
 app.add_typer(export_app, name="export")
+app.command("bulk")(bulk)
 
 out_console = Console()
 # Messages may hold long paths: let the terminal wrap them, so they stay greppable lines.
