@@ -109,6 +109,14 @@ def bulk(
         int | None,
         typer.Option("--forward-workers", min=1, help="Sub-batches an actor runs at once on CPU."),
     ] = None,
+    forward_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--forward-tokens",
+            min=16,
+            help="Padded tokens of one forward sub-batch (engine default).",
+        ),
+    ] = None,
     num_cpus: Annotated[
         float, typer.Option("--num-cpus", min=0.0, help="CPUs each actor reserves (its threads).")
     ] = 1.0,
@@ -159,6 +167,7 @@ def bulk(
         settings = ModelConfig(
             model=model, backend=backend, device=device,  # type: ignore[arg-type]
             torch_threads=torch_threads, forward_workers=forward_workers,
+            forward_tokens=forward_tokens,
         )  # fmt: skip
         task = bulk_task(labels, template, multi_label, text_column, id_column, not no_text)
         if Path(model).expanduser().exists() or model.startswith(("/", ".", "~")):
