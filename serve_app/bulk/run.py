@@ -141,6 +141,30 @@ def _read_files(
                 yield table
 
 
+def _blocks_of(ds: Any, rows: int) -> Any:
+    """`ds.repartition(target_num_rows_per_block=rows)`, its tasks reserving no CPU.
+
+    Blocks of `rows` rows: each actor task scores one and each is written as its part when it
+    is done, so progress and resuming go part by part, not file by file. Ray 2.60's
+    `repartition` gives its tasks one CPU each, which an actor pool holding every CPU of the
+    cluster never frees (the run hangs), and takes no resource arguments: the logical operator
+    is built here with them (Ray is pinned to 2.60.0; the public call is the fallback).
+    """
+    try:
+        from ray.data import Dataset
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators import StreamingRepartition
+
+        op = StreamingRepartition(
+            target_num_rows_per_block=rows,
+            input_dependencies=[ds._logical_plan.dag],
+            ray_remote_args={"num_cpus": 0},
+        )
+        return Dataset._from_parent(ds, LogicalPlan(op, ds.context))
+    except (ImportError, AttributeError, TypeError):
+        return ds.repartition(target_num_rows_per_block=rows)
+
+
 def bulk_dataset(plan: BulkPlan) -> Any:
     """The lazy Ray Data pipeline of a plan; each output row counts one written part."""
     import ray
@@ -163,11 +187,9 @@ def bulk_dataset(plan: BulkPlan) -> Any:
             "done": plan.done,
         },
         num_cpus=0,
-    ).repartition(target_num_rows_per_block=options.batch_rows)  # fmt: skip
-    # Blocks of batch_rows rows: each actor task scores one and each is written as its part
-    # when it is done, so progress and resuming go part by part, not file by file.
+    )  # fmt: skip
     scored = classify_dataset(
-        rows,
+        _blocks_of(rows, options.batch_rows),
         task.labels,
         hypothesis_template=task.hypothesis_template,
         multi_label=task.multi_label,
