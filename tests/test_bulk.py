@@ -303,5 +303,8 @@ def test_the_actor_pool_runs_on_both_nodes(
     assert summary(done.stderr)["scored"] == len(texts)
     assert sorted(r["row"] for r in read_output(out, "row")) == list(range(len(texts)))
     actors = cluster._get("/api/v0/actors?limit=1000&detail=true")["data"]["result"]["result"]
-    pool = [a for a in actors if "BulkClassifier" in (a.get("class_name") or "")]
-    assert {a["node_id"] for a in pool} == nodes, [(a["class_name"], a["node_id"]) for a in pool]
+    # Ray Data's pool actors are `_MapWorker`s; this pipeline's only actor pool is the model's.
+    pool = [a for a in actors if "MapWorker" in (a.get("class_name") or "")]
+    assert {a["node_id"] for a in pool} == nodes, [
+        (a.get("class_name"), a.get("repr_name"), a["node_id"]) for a in actors
+    ]
