@@ -1,6 +1,7 @@
 """The `zsc` command line: one module per command group, assembled here.
 
-`classify` and `batch` (serve_app/cli/classify.py), `job ...` (jobs.py), the tools beside the
+`classify` and `batch` (serve_app/cli/classify.py), `bulk` (bulk.py, a table on Ray Data),
+`job ...` (jobs.py), the tools beside the
 service (tools.py: `make-test-model`, `export onnx`, `hash-key`, `bench`) and `k8s`
 (serve_app/devtools/kube.py). Every command that talks to a service goes through
 `serve_app.client.http`, so the CLI resends what did not complete exactly as Python callers do.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import typer
 
 from serve_app.cli import classify, jobs, tools
+from serve_app.cli.bulk import bulk
 from serve_app.cli.common import connection_options
 from serve_app.devtools.kube import kube_app
 
@@ -19,6 +21,7 @@ app = typer.Typer(help="zsc: zero-shot text classification on Ray Serve.", no_ar
 app.callback()(connection_options)
 app.command("classify")(classify.classify)
 app.command("batch")(classify.batch)
+app.command("bulk")(bulk)
 app.add_typer(jobs.job_app, name="job")
 app.command("make-test-model")(tools.make_test_model)
 app.add_typer(tools.export_app, name="export")
