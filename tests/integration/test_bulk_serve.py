@@ -33,7 +33,7 @@ from ray_cluster import Cluster, running_cluster
 
 pytestmark = pytest.mark.ray
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LABELS = ["sports", "weather", "finance"]
 WORDS = (
     "the match ended in a draw after rain all week while stocks fell and the new phone's "
