@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from serve_app.jobs.models import (
+    ECHOED_OPTIONS,
     DeliveryAttempt,
     DeliveryState,
     Job,
@@ -35,6 +36,7 @@ from serve_app.jobs.models import (
     JobProgress,
     JobState,
     WebhookDelivery,
+    echoed_options,
 )
 
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
@@ -541,8 +543,9 @@ class JobStore:
             " json_extract(request, '$.labels') AS labels,"
             " json_extract(request, '$.hypothesis_template') AS hypothesis_template,"
             " json_extract(request, '$.multi_label') AS multi_label,"
-            " json_extract(request, '$.top_k') AS top_k"
-            " FROM jobs WHERE id = ?",
+            " json_extract(request, '$.top_k') AS top_k,"
+            + "".join(f" json_extract(request, '$.{key}') AS {key}," for key in ECHOED_OPTIONS)
+            + " 1 FROM jobs WHERE id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
@@ -558,6 +561,14 @@ class JobStore:
             hypothesis_template=row["hypothesis_template"],
             multi_label=bool(row["multi_label"]),
             prefilter_top_k=row["top_k"],
+            **echoed_options(
+                {
+                    key: json.loads(row[key])
+                    if key == "label_hypotheses" and row[key]
+                    else row[key]
+                    for key in ECHOED_OPTIONS
+                }
+            ),
             progress=JobProgress(
                 total_texts=row["total_texts"],
                 completed_texts=row["completed_texts"],
