@@ -199,6 +199,47 @@ class LimitsConfig(_Section):
         ge=1,
         description="Labels in one request that uses the prefilter (max_labels bounds the rest).",
     )
+    max_chunks: int = Field(
+        16,
+        ge=1,
+        description="Windows per text with long_text=chunk; a text needing more is a 413. A "
+        "chunked request is charged (max_pairs, rate limit) as if each text used this many.",
+    )
+
+
+class RequestDefaults(_Section):
+    """What a request gets for each field it leaves out (or sends as null)."""
+
+    hypothesis_template: str | None = Field(
+        None,
+        description="NLI hypothesis with one {} for the label; unset = the model's default "
+        f"template ({DEFAULT_TEMPLATE!r}).",
+    )
+    multi_label: bool = Field(False, description="Score each label on its own.")
+    long_text: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="truncate: cut a text to the model's window (the pipeline's behaviour); "
+        "chunk: score it in overlapping windows and combine them.",
+    )
+    chunk_stride: int = Field(
+        0, ge=0, description="Tokens of overlap between a text's windows with long_text=chunk."
+    )
+    chunk_aggregate: Literal["max", "mean"] = Field(
+        "max", description="How a label's scores over a text's windows are combined."
+    )
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Score from which a label is `predicted`; unset = no `predicted` field.",
+    )
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _one_slot(cls, value: str | None) -> str | None:
+        if value is not None and value.count("{}") != 1:
+            raise ValueError("defaults.hypothesis_template must contain exactly one '{}'")
+        return value
 
 
 class RateLimitPolicy(_Section):
@@ -563,6 +604,10 @@ class AppConfig(ModelConfig):
 
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
+    defaults: RequestDefaults = Field(
+        default_factory=RequestDefaults,
+        description="Request fields a client leaves out take these values.",
+    )
     rate_limit: RateLimitConfig = RateLimitConfig()
     jobs: JobsConfig = JobsConfig()
     auth: AuthConfig = AuthConfig()
@@ -632,6 +677,11 @@ class AppConfig(ModelConfig):
         )
         settings._preset = self._preset  # already resolved: model holds the hub id
         return settings
+
+    def request_defaults(self) -> RequestDefaults:
+        """`defaults` with the template filled in: what a request's missing fields become."""
+        template = self.defaults.hypothesis_template or self.default_hypothesis_template
+        return self.defaults.model_copy(update={"hypothesis_template": template})
 
     @property
     def prefilter_top_k(self) -> int | None:

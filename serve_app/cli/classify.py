@@ -9,15 +9,23 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from serve_app.cli.common import (
+    ChunkAggregateOption,
+    ChunkStrideOption,
     Connection,
+    LabelsFileOption,
+    LabelsOption,
+    LongTextOption,
     MultiLabelOption,
     PrefilterOption,
     TemplateOption,
+    ThresholdOption,
     err_console,
     fail,
     out_console,
+    pick_labels,
     print_json,
     reported_errors,
+    request_options,
     result_table,
     warn,
 )
@@ -36,16 +44,23 @@ from serve_app.core.defaults import DEFAULT_TEMPLATE
 def classify(
     ctx: typer.Context,
     texts: list[str] = typer.Argument(..., help="One or more texts to classify."),
-    labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
+    labels: LabelsOption = None,
+    labels_file: LabelsFileOption = None,
     template: TemplateOption = DEFAULT_TEMPLATE,
     multi_label: MultiLabelOption = False,
     as_json: bool = typer.Option(False, "--json", help="Print the service's JSON answer."),
     prefilter_top_k: PrefilterOption = None,
+    long_text: LongTextOption = None,
+    chunk_stride: ChunkStrideOption = None,
+    chunk_aggregate: ChunkAggregateOption = None,
+    threshold: ThresholdOption = None,
 ) -> None:
     """Classify texts now (POST /v1/classify) and show each label's probability."""
     conn: Connection = ctx.obj
+    chosen = pick_labels(labels, labels_file)
+    options = request_options(long_text, chunk_stride, chunk_aggregate, threshold)
     with reported_errors(conn.url), conn.client() as client:
-        body = client.classify(texts, labels, template, multi_label, prefilter_top_k)
+        body = client.classify(texts, chosen, template, multi_label, prefilter_top_k, **options)
     if as_json:
         print_json(body)
         return
@@ -61,7 +76,8 @@ def batch(
     file: Path = typer.Argument(
         ..., exists=True, dir_okay=False, readable=True, help="Input: .txt, .jsonl or .csv."
     ),
-    labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
+    labels: LabelsOption = None,
+    labels_file: LabelsFileOption = None,
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output JSONL, one line per row; a rerun skips rows already there."
     ),
@@ -83,6 +99,10 @@ def batch(
         "connection, 502/504 or Serve's plain-text 500 with backoff.",
     ),
     prefilter_top_k: PrefilterOption = None,
+    long_text: LongTextOption = None,
+    chunk_stride: ChunkStrideOption = None,
+    chunk_aggregate: ChunkAggregateOption = None,
+    threshold: ThresholdOption = None,
 ) -> None:
     """Classify every row of a file, with a progress bar; rerun the same command to resume.
 
@@ -95,7 +115,13 @@ def batch(
         raise fail(str(exc)) from None
     pending = [row for row in rows if row.index not in done]
     settings = BatchSettings(
-        labels, template, multi_label, batch_size, concurrency, prefilter_top_k
+        pick_labels(labels, labels_file),
+        template,
+        multi_label,
+        batch_size,
+        concurrency,
+        prefilter_top_k,
+        request_options(long_text, chunk_stride, chunk_aggregate, threshold),
     )
 
     progress = Progress(

@@ -9,14 +9,22 @@ from typing import Any
 import typer
 
 from serve_app.cli.common import (
+    ChunkAggregateOption,
+    ChunkStrideOption,
     Connection,
+    LabelsFileOption,
+    LabelsOption,
+    LongTextOption,
     MultiLabelOption,
     PrefilterOption,
     TemplateOption,
+    ThresholdOption,
     err_console,
     fail,
+    pick_labels,
     print_json,
     reported_errors,
+    request_options,
 )
 from serve_app.client.batch import BatchError, read_rows
 from serve_app.core.defaults import DEFAULT_TEMPLATE
@@ -58,7 +66,8 @@ def job_submit(
     texts: list[str] | None = typer.Option(
         None, "--text", "-x", help="A text (repeatable), instead of FILE."
     ),
-    labels: str = typer.Option(..., "--labels", "-l", help="Candidate labels, comma-separated."),
+    labels: LabelsOption = None,
+    labels_file: LabelsFileOption = None,
     template: TemplateOption = DEFAULT_TEMPLATE,
     multi_label: MultiLabelOption = False,
     text_field: str = typer.Option(
@@ -73,9 +82,14 @@ def job_submit(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the job's JSON instead of its id."),
     prefilter_top_k: PrefilterOption = None,
+    long_text: LongTextOption = None,
+    chunk_stride: ChunkStrideOption = None,
+    chunk_aggregate: ChunkAggregateOption = None,
+    threshold: ThresholdOption = None,
 ) -> None:
     """Submit texts as a job; prints the job id (for `zsc job wait`)."""
     conn: Connection = ctx.obj
+    chosen = pick_labels(labels, labels_file)
     job_texts = _job_texts(file, texts, text_field)
     try:
         meta = json.loads(metadata) if metadata is not None else None
@@ -84,13 +98,14 @@ def job_submit(
     with reported_errors(conn.url), conn.client() as client:
         job = client.submit_job(
             job_texts,
-            labels,
+            chosen,
             template,
             multi_label,
             callback_url,
             meta,
             idempotency_key,
             prefilter_top_k,
+            **request_options(long_text, chunk_stride, chunk_aggregate, threshold),
         )
     if as_json:
         print_json(job)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from serve_app.client.http import AsyncZeroShotClient, ZscHTTPError
+from serve_app.client.http import AsyncZeroShotClient, Label, ZscHTTPError
 
 SUPPORTED_SUFFIXES = (".txt", ".jsonl", ".csv")
 # Statuses that can be one text's fault (empty, too long); the preflight rules out the
@@ -45,12 +45,14 @@ class Row:
 
 @dataclass(frozen=True)
 class BatchSettings:
-    labels: str | Sequence[str]
+    labels: str | Sequence[Label]
     hypothesis_template: str
     multi_label: bool
     batch_size: int = 16
     concurrency: int = 4
     prefilter_top_k: int | None = None
+    # long_text, chunk_stride, chunk_aggregate, threshold: the client's keyword arguments.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +198,7 @@ async def _classify_rows(
             settings.hypothesis_template,
             settings.multi_label,
             settings.prefilter_top_k,
+            **settings.options,
         )
     except ZscHTTPError as exc:
         if exc.status not in ROW_ERROR_STATUSES:
@@ -223,6 +226,7 @@ async def _preflight(client: AsyncZeroShotClient, settings: BatchSettings) -> st
         settings.hypothesis_template,
         settings.multi_label,
         settings.prefilter_top_k,
+        **settings.options,
     )
     return body.get("warning")
 

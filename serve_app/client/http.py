@@ -119,34 +119,57 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# A label: its name, or {"label": name, "hypothesis": sentence} (its own hypothesis).
+Label = str | Mapping[str, Any]
+
+
 def classify_body(
     texts: str | Sequence[str],
-    labels: str | Sequence[str],
+    labels: str | Sequence[Label],
     hypothesis_template: str,
     multi_label: bool,
     prefilter_top_k: int | None = None,
+    *,
+    long_text: str | None = None,
+    chunk_stride: int | None = None,
+    chunk_aggregate: str | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """The body of `POST /v1/classify` (and of a job): a str is one `text`, else `texts`.
-    `prefilter_top_k` is sent only when given (absent, the server's configured k applies)."""
+    `prefilter_top_k` and the long-text and threshold fields are sent only when given (absent,
+    the server's defaults apply)."""
     body: dict[str, Any] = {"text": texts} if isinstance(texts, str) else {"texts": list(texts)}
-    body["labels"] = labels if isinstance(labels, str) else list(labels)
+    body["labels"] = (
+        labels
+        if isinstance(labels, str)
+        else [x if isinstance(x, str) else dict(x) for x in labels]
+    )
     body["hypothesis_template"] = hypothesis_template
     body["multi_label"] = multi_label
-    if prefilter_top_k is not None:
-        body["prefilter_top_k"] = prefilter_top_k
+    optional = {
+        "prefilter_top_k": prefilter_top_k,
+        "long_text": long_text,
+        "chunk_stride": chunk_stride,
+        "chunk_aggregate": chunk_aggregate,
+        "threshold": threshold,
+    }
+    body.update({key: value for key, value in optional.items() if value is not None})
     return body
 
 
 def job_body(
     texts: str | Sequence[str],
-    labels: str | Sequence[str],
+    labels: str | Sequence[Label],
     hypothesis_template: str,
     multi_label: bool,
     callback_url: str | None,
     metadata: Mapping[str, Any] | None,
     prefilter_top_k: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    body = classify_body(texts, labels, hypothesis_template, multi_label, prefilter_top_k)
+    body = classify_body(
+        texts, labels, hypothesis_template, multi_label, prefilter_top_k, **options
+    )
     if callback_url is not None:
         body["callback_url"] = callback_url
     if metadata is not None:
@@ -349,16 +372,34 @@ class ZeroShotClient(_Operations):
     def classify(
         self,
         texts: str | Sequence[str],
-        labels: str | Sequence[str],
+        labels: str | Sequence[Label],
         hypothesis_template: str = DEFAULT_TEMPLATE,
         multi_label: bool = False,
         prefilter_top_k: int | None = None,
+        *,
+        long_text: str | None = None,
+        chunk_stride: int | None = None,
+        chunk_aggregate: str | None = None,
+        threshold: float | None = None,
     ) -> dict[str, Any]:
         """`POST /v1/classify`; returns the body (`model`, `results`, `usage`, ...).
 
-        `prefilter_top_k`: on a server with a prefilter, score only the k labels most similar
-        to each text (None: the server's configured k; 0: every label)."""
-        body = classify_body(texts, labels, hypothesis_template, multi_label, prefilter_top_k)
+        `labels`: names, or {"label", "hypothesis"} dicts. `prefilter_top_k`: on a server with
+        a prefilter, score only the k labels most similar to each text (None: the server's
+        configured k; 0: every label). `long_text` ("truncate" | "chunk"), `chunk_stride`,
+        `chunk_aggregate` ("max" | "mean") and `threshold` (0 to 1, adds `predicted`) are sent
+        when given; None leaves them to the server's defaults."""
+        body = classify_body(
+            texts,
+            labels,
+            hypothesis_template,
+            multi_label,
+            prefilter_top_k,
+            long_text=long_text,
+            chunk_stride=chunk_stride,
+            chunk_aggregate=chunk_aggregate,
+            threshold=threshold,
+        )
         return self._run(self._post_json("/v1/classify", body))
 
     def model_info(self) -> dict[str, Any]:
@@ -370,18 +411,33 @@ class ZeroShotClient(_Operations):
     def submit_job(
         self,
         texts: str | Sequence[str],
-        labels: str | Sequence[str],
+        labels: str | Sequence[Label],
         hypothesis_template: str = DEFAULT_TEMPLATE,
         multi_label: bool = False,
         callback_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         prefilter_top_k: int | None = None,
+        *,
+        long_text: str | None = None,
+        chunk_stride: int | None = None,
+        chunk_aggregate: str | None = None,
+        threshold: float | None = None,
     ) -> dict[str, Any]:
         """`POST /v1/jobs`; returns the job (`id`, `state`, ...). `prefilter_top_k` as in
         `classify`."""
         body = job_body(
-            texts, labels, hypothesis_template, multi_label, callback_url, metadata, prefilter_top_k
+            texts,
+            labels,
+            hypothesis_template,
+            multi_label,
+            callback_url,
+            metadata,
+            prefilter_top_k,
+            long_text=long_text,
+            chunk_stride=chunk_stride,
+            chunk_aggregate=chunk_aggregate,
+            threshold=threshold,
         )
         return self._run(self._submit_job(body, idempotency_key))
 
@@ -469,12 +525,27 @@ class AsyncZeroShotClient(_Operations):
     async def classify(
         self,
         texts: str | Sequence[str],
-        labels: str | Sequence[str],
+        labels: str | Sequence[Label],
         hypothesis_template: str = DEFAULT_TEMPLATE,
         multi_label: bool = False,
         prefilter_top_k: int | None = None,
+        *,
+        long_text: str | None = None,
+        chunk_stride: int | None = None,
+        chunk_aggregate: str | None = None,
+        threshold: float | None = None,
     ) -> dict[str, Any]:
-        body = classify_body(texts, labels, hypothesis_template, multi_label, prefilter_top_k)
+        body = classify_body(
+            texts,
+            labels,
+            hypothesis_template,
+            multi_label,
+            prefilter_top_k,
+            long_text=long_text,
+            chunk_stride=chunk_stride,
+            chunk_aggregate=chunk_aggregate,
+            threshold=threshold,
+        )
         return await self._run(self._post_json("/v1/classify", body))
 
     async def model_info(self) -> dict[str, Any]:
@@ -486,16 +557,31 @@ class AsyncZeroShotClient(_Operations):
     async def submit_job(
         self,
         texts: str | Sequence[str],
-        labels: str | Sequence[str],
+        labels: str | Sequence[Label],
         hypothesis_template: str = DEFAULT_TEMPLATE,
         multi_label: bool = False,
         callback_url: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
         prefilter_top_k: int | None = None,
+        *,
+        long_text: str | None = None,
+        chunk_stride: int | None = None,
+        chunk_aggregate: str | None = None,
+        threshold: float | None = None,
     ) -> dict[str, Any]:
         body = job_body(
-            texts, labels, hypothesis_template, multi_label, callback_url, metadata, prefilter_top_k
+            texts,
+            labels,
+            hypothesis_template,
+            multi_label,
+            callback_url,
+            metadata,
+            prefilter_top_k,
+            long_text=long_text,
+            chunk_stride=chunk_stride,
+            chunk_aggregate=chunk_aggregate,
+            threshold=threshold,
         )
         return await self._run(self._submit_job(body, idempotency_key))
 

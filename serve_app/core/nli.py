@@ -6,11 +6,13 @@ score normalisation, shared by every serving path (HTTP, handle, jobs).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from serve_app.core.chunks import combine, predicted
 from serve_app.core.results import TextResult
 
 
@@ -155,3 +157,43 @@ def score_texts(
         results.append(rank(text, labels, label_scores(rows, indices, multi_label)))
         start += len(labels)
     return results
+
+
+def score_windows(
+    texts: Sequence[str],
+    label_sets: Sequence[Sequence[str]],
+    windows: Sequence[int],
+    logits: np.ndarray,
+    indices: NLILabelIndices,
+    multi_label: bool,
+    aggregate: str,
+) -> list[TextResult]:
+    """One result per text from its windows' logits (window-major within each text: window 0 x
+    the text's labels, then window 1, ...). Each window is scored like a text; a label's scores
+    combine over the windows by `aggregate`, single-label answers renormalised to sum to 1."""
+    logits = np.asarray(logits, dtype=np.float32)
+    expected = sum(len(labels) * n for labels, n in zip(label_sets, windows))
+    if len(texts) != len(label_sets) or len(texts) != len(windows) or logits.shape[0] != expected:
+        raise ValueError(f"expected {expected} rows of logits, got shape {logits.shape}")
+    results = []
+    start = 0
+    for text, labels, n in zip(texts, label_sets, windows):
+        per_window = []
+        for _ in range(n):
+            rows = logits[start : start + len(labels)]
+            per_window.append(label_scores(rows, indices, multi_label))
+            start += len(labels)
+        renormalise = not multi_label and len(labels) > 1
+        scores = combine(per_window, aggregate, renormalise)
+        results.append(dataclasses.replace(rank(text, labels, scores), windows=n))
+    return results
+
+
+def with_predicted(
+    results: Sequence[TextResult], threshold: float, multi_label: bool
+) -> list[TextResult]:
+    """Each result with `predicted`: its labels at or above `threshold` (see chunks.predicted)."""
+    return [
+        dataclasses.replace(r, predicted=predicted(r.labels, r.scores, threshold, multi_label))
+        for r in results
+    ]

@@ -23,9 +23,22 @@ class TextResult:
     sequence: str
     labels: list[str]
     scores: list[float]
+    # With a threshold: the labels at or above it (empty: none of these); else absent.
+    predicted: list[str] | None = None
+    # With long_text=chunk: how many windows of the text were scored; else absent.
+    windows: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sequence": self.sequence, "labels": self.labels, "scores": self.scores}
+        out: dict[str, Any] = {
+            "sequence": self.sequence,
+            "labels": self.labels,
+            "scores": self.scores,
+        }
+        if self.predicted is not None:
+            out["predicted"] = self.predicted
+        if self.windows is not None:
+            out["windows"] = self.windows
+        return out
 
 
 @dataclass(frozen=True)

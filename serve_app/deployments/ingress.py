@@ -16,7 +16,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppConfig
 from serve_app.core.placement import Demand, PlacementError, placement_problem
-from serve_app.core.requests import prepare_request, resolve_top_k
+from serve_app.core.requests import LabelInput, prepare_request, resolve_top_k
 from serve_app.deployments.cluster import live_nodes, serve_http_host
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
@@ -78,14 +78,20 @@ class Ingress:
     async def classify(
         self,
         texts: list[str] | str,
-        labels: list[str] | str,
+        labels: list[LabelInput] | str,
         hypothesis_template: str | None = None,
-        multi_label: bool = False,
+        multi_label: bool | None = None,
         prefilter_top_k: int | None = None,
+        *,
+        long_text: str | None = None,
+        chunk_stride: int | None = None,
+        chunk_aggregate: str | None = None,
+        threshold: float | None = None,
     ) -> dict[str, Any]:
-        """The Python API: the body `POST /v1/classify` answers for the same arguments.
-        In-cluster callers are trusted: no API key, no rate limit. No template: the served
-        model preset's (GET /v1/model), else the pipeline's."""
+        """The Python API: the body `POST /v1/classify` answers for the same arguments (labels
+        may be {"label", "hypothesis"} dicts; None takes the server's default: the template of
+        the served model preset, else the pipeline's). In-cluster callers are trusted: no API
+        key, no rate limit."""
         prepared = prepare_request(
             texts,
             labels,
@@ -95,5 +101,10 @@ class Ingress:
             multi_label,
             self.config.limits,
             resolve_top_k(prefilter_top_k, self.config.prefilter_top_k),
+            long_text=long_text,
+            chunk_stride=chunk_stride,
+            chunk_aggregate=chunk_aggregate,
+            threshold=threshold,
+            defaults=self.config.request_defaults(),
         )
         return classify_body(await self.scorer.classify(prepared))

@@ -56,9 +56,13 @@ class Scorer:
             if request.needs_prefilter:
                 # resolve_top_k only sets top_k when a prefilter is configured.
                 assert self.prefilter is not None and request.top_k is not None
+                labels, template = request.labels, request.hypothesis_template
+                if request.label_hypotheses is not None:
+                    # Labels with their own hypotheses: embed each label's full hypothesis.
+                    labels, template = request.hypothesis_list(), "{}"
                 with tracing.span("zsc.prefilter"):
                     candidates = await self.prefilter.top_k.remote(
-                        request.texts, request.labels, request.hypothesis_template, request.top_k
+                        request.texts, labels, template, request.top_k
                     )
                 self.liveness.answered("Prefilter")
                 request = request.with_candidates(candidates)

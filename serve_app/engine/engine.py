@@ -21,7 +21,7 @@ import numpy as np
 
 from serve_app.config import ModelConfig
 from serve_app.core.cache import CacheKey, ResultCache, text_digest
-from serve_app.core.nli import hypotheses, nli_label_indices, score_texts
+from serve_app.core.nli import nli_label_indices, score_texts, score_windows, with_predicted
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification, PrefilterUsage
 from serve_app.engine.backends import backend_type
@@ -30,6 +30,7 @@ from serve_app.engine.scheduling import balanced, length_buckets, pad, pair_toke
 from serve_app.engine.source import ModelLoadError, read_model_files
 from serve_app.engine.threads import replica_cpus, thread_plan
 from serve_app.engine.tokenizer import EncodedRequest, PairTokenizer
+from serve_app.engine.windows import check_stride, split
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class Scoring:
     encoded: EncodedRequest
     rows: list[np.ndarray | None]
     keys: list[CacheKey] | None
+    windows: list[int] | None = None  # with long_text=chunk: windows per text
 
     @property
     def todo(self) -> list[Pair]:
@@ -110,22 +112,43 @@ class Engine:
     # -- a request ----------------------------------------------------------------------------
 
     def start(self, request: PreparedRequest) -> Scoring:
-        """Tokenize the request's pairs and take what the result cache already knows."""
+        """Tokenize the request's pairs and take what the result cache already knows.
+
+        With long_text=chunk each text becomes its windows (serve_app/engine/windows.py), each
+        scored like a text of its own; `finish` combines them."""
         label_sets = request.label_sets()
-        hyp_sets = [hypotheses(labels, request.hypothesis_template) for labels in label_sets]
-        encoded = self.tokenizer.encode(request.texts, hyp_sets)
+        hyp_sets = request.hypothesis_sets()
+        counts: list[int] | None = None
+        texts: Sequence[str] = request.texts
+        if request.chunked:
+            windows = split(
+                self.tokenizer, request.texts, hyp_sets, request.chunk_stride, request.max_chunks
+            )
+            counts = windows.counts()
+            texts = [w for ws in windows.texts for w in ws]
+            hyp_sets = [h for h, n in zip(hyp_sets, counts) for _ in range(n)]
+            label_sets = [labels for labels, n in zip(label_sets, counts) for _ in range(n)]
+        encoded = self.tokenizer.encode(texts, hyp_sets)
+        if counts is not None:
+            # Every token of a chunked text is scored in some window: none is cut.
+            encoded = EncodedRequest(encoded.pairs, truncated=[])
         if not self.cache.enabled:
-            return Scoring(request, encoded, [None] * len(encoded.pairs), None)
+            return Scoring(request, encoded, [None] * len(encoded.pairs), None, counts)
+        # Keyed by the hypothesis itself, so a label's own hypothesis and a template that reads
+        # the same share entries; a window is keyed by its own text.
         keys = [
-            (self.name, request.hypothesis_template, digest, label)
-            for digest, labels in zip(map(text_digest, request.texts), label_sets)
-            for label in labels
+            (self.name, hyp, digest, label)
+            for digest, hyps, labels in zip(map(text_digest, texts), hyp_sets, label_sets)
+            for hyp, label in zip(hyps, labels)
         ]
-        return Scoring(request, encoded, self.cache.get_many(keys), keys)
+        return Scoring(request, encoded, self.cache.get_many(keys), keys, counts)
 
     def check(self, request: PreparedRequest) -> None:
         """Raise the ClientError scoring would raise for the request's labels and template."""
-        self.tokenizer.check_fit(hypotheses(request.labels, request.hypothesis_template))
+        hyps = request.hypothesis_list()
+        self.tokenizer.check_fit(hyps)
+        if request.chunked:
+            check_stride(self.tokenizer, hyps, request.chunk_stride)
 
     def finish(self, scoring: Scoring, computed: Sequence[np.ndarray]) -> Classification:
         """Fill in the computed rows (in `todo` order), cache them, and score each text."""
@@ -141,11 +164,25 @@ class Engine:
         usage = None
         if request.top_k is not None:
             usage = PrefilterUsage(len(request.labels), request.scored_labels)
+        if scoring.windows is None:
+            results = score_texts(
+                request.texts, request.label_sets(), logits, self.indices, request.multi_label
+            )
+        else:
+            results = score_windows(
+                request.texts,
+                request.label_sets(),
+                scoring.windows,
+                logits,
+                self.indices,
+                request.multi_label,
+                request.chunk_aggregate,
+            )
+        if request.threshold is not None:
+            results = with_predicted(results, request.threshold, request.multi_label)
         return Classification(
             model=self.name,
-            results=score_texts(
-                request.texts, request.label_sets(), logits, self.indices, request.multi_label
-            ),
+            results=results,
             pairs=len(rows),
             truncated=scoring.encoded.truncated,
             random_weights=self.files.random_weights,

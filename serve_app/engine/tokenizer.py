@@ -229,3 +229,15 @@ class PairTokenizer:
             if was_cut:
                 truncated.append(index)
         return EncodedRequest(pairs=pairs, truncated=truncated)
+
+    def rooms(self, hyps: Sequence[str]) -> list[int]:
+        """Tokens left for the text beside each hypothesis (<= 0: none)."""
+        return [self.window - len(enc) - self._specials for enc in self.hypotheses(hyps)]
+
+    def encode_texts(self, texts: Sequence[str]) -> list[Any]:
+        """Each text's encoding alone (no special tokens), with offsets and word ids."""
+        return list(self._core.encode_batch(list(texts), add_special_tokens=False))
+
+    @property
+    def truncation_side(self) -> str:
+        return self._side

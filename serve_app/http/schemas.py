@@ -7,17 +7,93 @@ Shape checks are pydantic's; size checks need the live limits, so they run in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    model_validator,
+)
 
 from serve_app.config import AppConfig
-from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.requests import PreparedRequest, prepare_job, prepare_request, resolve_top_k
 from serve_app.core.results import TextResult
 
 
-class ClassifyRequest(BaseModel):
+class LabelObject(BaseModel):
+    """A label with its own hypothesis, which replaces the template for this label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(..., description="The label's name, as answers give it.")
+    hypothesis: str | None = Field(
+        None,
+        description="The NLI hypothesis for this label, a whole sentence (e.g. 'The customer "
+        "writes about an invoice or a payment.'); absent: the template with the label.",
+    )
+
+
+class RequestOptions(BaseModel):
+    """The fields every scoring body shares beside its texts and labels; null or absent takes
+    the server's default (the app config's `defaults` section)."""
+
+    hypothesis_template: str | None = Field(
+        None,
+        description="NLI hypothesis with exactly one {} for the label (default: the server's, "
+        "normally the model's own template).",
+    )
+    multi_label: StrictBool | None = Field(
+        None, description="Score each label independently instead of across labels."
+    )
+    long_text: Literal["truncate", "chunk"] | None = Field(
+        None,
+        description="truncate: cut a text to the model's window, like the pipeline (default); "
+        "chunk: score it in windows that overlap by chunk_stride tokens and combine each "
+        "label's scores (each result then says how many `windows`).",
+    )
+    chunk_stride: StrictInt | None = Field(
+        None,
+        ge=0,
+        description="With chunk: tokens of overlap between windows (>= 0, smaller than the "
+        "window's room for the text; default 0).",
+    )
+    chunk_aggregate: Literal["max", "mean"] | None = Field(
+        None,
+        description="With chunk: a label's score over the windows is their max (default) or "
+        "mean; single-label scores are renormalised to sum to 1.",
+    )
+    threshold: StrictFloat | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="0 to 1: each result gains `predicted`, the labels scoring at least this "
+        "(multi-label) or the top label if it does (single-label); empty = none of these.",
+    )
+
+    def option_kwargs(self) -> dict[str, Any]:
+        return {
+            "long_text": self.long_text,
+            "chunk_stride": self.chunk_stride,
+            "chunk_aggregate": self.chunk_aggregate,
+            "threshold": self.threshold,
+        }
+
+
+def label_inputs(labels: list[str | LabelObject] | str) -> list[Any] | str:
+    """Labels as `prepare_request` takes them: strings, and objects as dicts."""
+    if isinstance(labels, str):
+        return labels
+    return [
+        label if isinstance(label, str) else label.model_dump(exclude_none=True) for label in labels
+    ]
+
+
+class ClassifyRequest(RequestOptions):
     """Body of `POST /v1/classify`: give `texts` (a list) or `text` (one string)."""
 
     model_config = ConfigDict(
@@ -27,23 +103,29 @@ class ClassifyRequest(BaseModel):
                 {
                     "texts": ["The new phone's battery lasts two days."],
                     "labels": ["technology", "sports", "politics"],
-                }
+                },
+                {
+                    "texts": ["I was charged twice this month. " * 100],
+                    "labels": [
+                        {
+                            "label": "billing",
+                            "hypothesis": "The customer writes about an invoice or a payment.",
+                        },
+                        "shipping",
+                    ],
+                    "long_text": "chunk",
+                    "threshold": 0.5,
+                },
             ]
         },
     )
 
     texts: list[str] | None = Field(None, description="Texts to classify.")
     text: str | None = Field(None, description="One text to classify (instead of texts).")
-    labels: list[str] | str = Field(
-        ..., description="Candidate labels, as a list or a comma-separated string."
-    )
-    hypothesis_template: str | None = Field(
-        None,
-        description="NLI hypothesis with exactly one {} for the label; default: the served "
-        f"model preset's template, else {DEFAULT_TEMPLATE!r} (GET /v1/model shows it).",
-    )
-    multi_label: StrictBool = Field(
-        False, description="Score each label independently instead of across labels."
+    labels: list[str | LabelObject] | str = Field(
+        ...,
+        description="Candidate labels: a list of names or {label, hypothesis} objects, or a "
+        "comma-separated string.",
     )
     prefilter_top_k: StrictInt | None = Field(
         None,
@@ -69,13 +151,13 @@ class ClassifyRequest(BaseModel):
     ) -> PreparedRequest:
         return prepare(
             self.text_list(),
-            self.labels,
-            config.default_hypothesis_template
-            if self.hypothesis_template is None
-            else self.hypothesis_template,
+            label_inputs(self.labels),
+            self.hypothesis_template,
             self.multi_label,
             config.limits,
             resolve_top_k(self.prefilter_top_k, config.prefilter_top_k),
+            defaults=config.request_defaults(),
+            **self.option_kwargs(),
         )
 
 

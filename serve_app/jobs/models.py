@@ -56,6 +56,12 @@ class Job(BaseModel):
     hypothesis_template: str
     multi_label: bool
     prefilter_top_k: int | None = None
+    # Per label, its own hypothesis (null: the template's); null when no label has one.
+    label_hypotheses: list[str | None] | None = None
+    long_text: Literal["truncate", "chunk"] = "truncate"
+    chunk_stride: int = 0
+    chunk_aggregate: Literal["max", "mean"] = "max"
+    threshold: float | None = None
     progress: JobProgress
     callback_url: str | None
     metadata: dict[str, Any] | None
@@ -81,3 +87,13 @@ class JobList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Job]
     next_cursor: str | None
+
+
+# The request record's keys the job view echoes beside labels, template and multi_label; an old
+# record lacks them and the view shows the defaults.
+ECHOED_OPTIONS = ("label_hypotheses", "long_text", "chunk_stride", "chunk_aggregate", "threshold")
+
+
+def echoed_options(record: dict[str, Any]) -> dict[str, Any]:
+    """The options of a stored request record that `Job` shows."""
+    return {key: record[key] for key in ECHOED_OPTIONS if record.get(key) is not None}

@@ -83,10 +83,17 @@ def request_record(request: PreparedRequest) -> dict[str, Any]:
         "hypothesis_template": request.hypothesis_template,
         "multi_label": request.multi_label,
         "top_k": request.top_k,
+        "label_hypotheses": request.label_hypotheses,
+        "long_text": request.long_text,
+        "chunk_stride": request.chunk_stride,
+        "chunk_aggregate": request.chunk_aggregate,
+        "threshold": request.threshold,
+        "max_chunks": request.max_chunks,
     }
 
 
 def chunk_request(claim: ChunkClaim) -> PreparedRequest:
+    # Records stored before long texts and thresholds existed lack those keys: the old meaning.
     record = claim.request
     return PreparedRequest(
         texts=record["texts"],
@@ -94,6 +101,12 @@ def chunk_request(claim: ChunkClaim) -> PreparedRequest:
         hypothesis_template=record["hypothesis_template"],
         multi_label=record["multi_label"],
         top_k=record.get("top_k"),
+        label_hypotheses=record.get("label_hypotheses"),
+        long_text=record.get("long_text", "truncate"),
+        chunk_stride=record.get("chunk_stride", 0),
+        chunk_aggregate=record.get("chunk_aggregate", "max"),
+        threshold=record.get("threshold"),
+        max_chunks=record.get("max_chunks", 1),
     )
 
 

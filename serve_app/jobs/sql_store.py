@@ -21,6 +21,7 @@ from serve_app.jobs.models import (
     JobError,
     JobProgress,
     WebhookDelivery,
+    echoed_options,
 )
 from serve_app.jobs.store import (
     TERMINAL_STATES,
@@ -615,6 +616,7 @@ class SqlJobStore:
             hypothesis_template=request["hypothesis_template"],
             multi_label=bool(request["multi_label"]),
             prefilter_top_k=request.get("top_k"),
+            **echoed_options(request),
             progress=JobProgress(
                 total_texts=row["total_texts"],
                 completed_texts=row["completed_texts"],

@@ -12,7 +12,7 @@ warning travels as the `X-Zsc-Warning` header.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import (
@@ -21,15 +21,16 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     model_validator,
 )
 
-from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.core.requests import prepare_request, resolve_top_k
 from serve_app.core.results import Classification
 from serve_app.http.admission import admit
 from serve_app.http.routes.services import ServicesDep
+from serve_app.http.schemas import LabelObject, label_inputs
 
 WARNING_HEADER = "X-Zsc-Warning"
 # Path -> OpenAPI operation id. `/predict` is the inference toolkit's second route.
@@ -42,25 +43,46 @@ class HFParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    candidate_labels: list[str] | str = Field(
+    candidate_labels: list[str | LabelObject] | str = Field(
         ...,
         validation_alias=AliasChoices("candidate_labels", "candidateLabels"),
         description="Candidate labels, as a list or a comma-separated string (also accepted "
-        "as candidateLabels, the inference toolkit's spelling).",
+        "as candidateLabels, the inference toolkit's spelling); zsc also takes {label, "
+        "hypothesis} objects as in /v1/classify.",
     )
     multi_label: StrictBool | None = Field(
         None,
         validation_alias=AliasChoices("multi_label", "multiLabel"),
-        description="Score each label independently instead of across labels (default false).",
+        description="Score each label independently instead of across labels (default: the "
+        "server's, normally false).",
     )
     hypothesis_template: str | None = Field(
         None,
         validation_alias=AliasChoices("hypothesis_template", "hypothesisTemplate"),
-        description=f"NLI hypothesis with exactly one {{}} for the label "
-        f"(default: the served model preset's template, else {DEFAULT_TEMPLATE!r}).",
+        description="NLI hypothesis with exactly one {} for the label (default: the "
+        "server's, normally the model's own template).",
     )
     prefilter_top_k: StrictInt | None = Field(
         None, description="As in /v1/classify: with a prefilter, score only the top k labels."
+    )
+    # zsc's own parameters, where the Inference API specification is silent; the answer keeps
+    # its shape, a list of {label, score} (so `predicted` and `windows` are not returned).
+    long_text: Literal["truncate", "chunk"] | None = Field(
+        None, description="As in /v1/classify: truncate (default) or chunk a long text."
+    )
+    chunk_stride: StrictInt | None = Field(
+        None, ge=0, description="As in /v1/classify: tokens of overlap between windows."
+    )
+    chunk_aggregate: Literal["max", "mean"] | None = Field(
+        None, description="As in /v1/classify: combine a label's window scores by max or mean."
+    )
+    threshold: StrictFloat | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="0 to 1: only labels scoring at least this are returned (multi-label), or "
+        "the top label if it does (single-label); an empty list means none of these.",
     )
 
     @model_validator(mode="before")
@@ -104,8 +126,11 @@ class LabelScore(BaseModel):
 
 def hf_body(classification: Classification, one_input: bool) -> list[Any]:
     """Each text's labels and scores, highest first (the engine's order), as the spec pairs them."""
+    # With a threshold, the list keeps the `predicted` labels only: they are its top entries.
     per_text = [
-        [{"label": label, "score": score} for label, score in zip(r.labels, r.scores)]
+        [{"label": label, "score": score} for label, score in zip(r.labels, r.scores)][
+            : None if r.predicted is None else len(r.predicted)
+        ]
         for r in classification.results
     ]
     return per_text[0] if one_input else per_text
@@ -127,15 +152,19 @@ OK_RESPONSE = {
 
 async def predict(body: HFRequest, request: Request, response: Response, svc: ServicesDep) -> Any:
     params = body.parameters
-    template = params.hypothesis_template
     config = svc.config
     prepared = prepare_request(
         body.inputs,
-        params.candidate_labels,
-        config.default_hypothesis_template if template is None else template,
-        bool(params.multi_label),
+        label_inputs(params.candidate_labels),
+        params.hypothesis_template,
+        params.multi_label,
         config.limits,
         resolve_top_k(params.prefilter_top_k, config.prefilter_top_k),
+        long_text=params.long_text,
+        chunk_stride=params.chunk_stride,
+        chunk_aggregate=params.chunk_aggregate,
+        threshold=params.threshold,
+        defaults=config.request_defaults(),
     )
     await admit(svc.rate_limiter, request, response, prepared.pairs)
     classification = await svc.scorer.classify(prepared)
