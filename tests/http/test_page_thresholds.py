@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from browser import CHROMIUM, CHROMIUM_ARGS
 from edge import EngineScorer
 from playwright.sync_api import Browser, sync_playwright
-from test_page import CHROMIUM, CHROMIUM_ARGS
 
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.devtools.ports import free_port

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, drawn_bars
 from edge import EngineScorer, edge_app, hub_cache_with, serving
 from playwright.sync_api import Page, expect, sync_playwright
-from test_page import CHROMIUM, CHROMIUM_ARGS, drawn_bars
 from transformers import pipeline
 
 from serve_app.config import AppConfig

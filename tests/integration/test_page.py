@@ -13,21 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+from browser import CHROMIUM, CHROMIUM_ARGS, drawn_bars
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TEXTS = ["The new phone's battery lasts two days.", "Our team won the final after penalties."]
 LABELS = "technology, sports, politics, weather"
@@ -56,20 +46,6 @@ def fill_form(page: Page, texts: list[str], labels: str, template: str | None = 
     if template is not None:
         page.fill("#template", template)
     page.click("#submit")
-
-
-def drawn_bars(page: Page) -> list[list[dict[str, Any]]]:
-    """Per result card, its bars in page order: label, score, number shown, filled fraction."""
-    return page.eval_on_selector_all(
-        "article.result",
-        """cards => cards.map(card => [...card.querySelectorAll("li.bar")].map(li => ({
-            label: li.dataset.label,
-            score: Number(li.dataset.score),
-            shown: li.querySelector(".value").textContent,
-            fraction: li.querySelector(".fill").getBoundingClientRect().width
-                      / li.querySelector(".track").getBoundingClientRect().width,
-        })))""",
-    )
 
 
 def test_bars_follow_the_scores(page: Page, zsc_url: str) -> None:
