@@ -25,9 +25,9 @@ MODULE_REF = re.compile(r"^serve_app(?:\.\w+)+(?::\w+)?$")
 PATH_ATTR_REF = re.compile(r"^((?:[\w-]+/)+[\w-]+\.py):(\w+)$")
 CONFIG_REF = re.compile(r"^([a-z_]+)\.([a-z_]+)(?:\.([a-z_]+))?$")
 METRIC_REF = re.compile(r"^zsc_[a-z_]+$")
-# <!-- figure: bench/results/NAME.json KEY[.KEY...] --> right after the figure it backs.
+# <!-- figure: bench/results/NAME.json KEY[:KEY...] --> right after the figure it backs.
 FIGURE = re.compile(
-    r"([0-9][0-9,]*(?:\.[0-9]+)?)\s*(?:[^\s<]*)\s*<!--\s*figure:\s*(\S+)\s+(\S+)\s*-->"
+    r"(?<![\d.,])([0-9][0-9,]*(?:\.[0-9]+)?)[a-zA-Z%]*<!--\s*figure:\s*(\S+)\s+(\S+)\s*-->"
 )
 
 
@@ -140,7 +140,7 @@ def test_each_quoted_figure_is_the_one_in_its_results_file(
     doc: str, number: str, path: str, key: str
 ) -> None:
     data: Any = json.loads((ROOT / path).read_text())
-    for part in key.split("."):
+    for part in key.split(":"):
         data = data[int(part)] if isinstance(data, list) else data[part]
     quoted = float(number.replace(",", ""))
     decimals = len(number.partition(".")[2])
