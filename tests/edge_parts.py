@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from serve_app.config import AppConfig, RateLimitConfig
 from serve_app.core.errors import RateLimited
 from serve_app.core.ratelimit import Decision, RateLimiter
+from serve_app.engine.engine import Engine
 from serve_app.http.app import create_app
 from serve_app.http.routes.services import Services
 
@@ -38,7 +39,9 @@ class LocalAdmission:
 
 def edge_app(model_dir: Path, **config: Any) -> tuple[FastAPI, Services]:
     app_config = AppConfig.model_validate({"model": str(model_dir), **config})
-    services = Services(config=app_config, scorer=EngineScorer(app_config, str(model_dir)))
+    services = Services(
+        config=app_config, scorer=EngineScorer(Engine(app_config.model_settings(), str(model_dir)))
+    )
     return create_app(services), services
 
 

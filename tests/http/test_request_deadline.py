@@ -37,7 +37,7 @@ def test_a_request_past_its_timeout_is_a_json_504(
     tiny_model_dir: Path, route: str, body: dict
 ) -> None:
     app, services = edge_app(tiny_model_dir, request_timeout_s=0.5)
-    scorer = StalledScorer(services.config, str(tiny_model_dir))
+    scorer = StalledScorer(services.scorer.engine)
     services.scorer = scorer
 
     async def send(stall_s: float) -> tuple[int, dict, dict]:
