@@ -4,6 +4,7 @@ runners (two processes, or two clusters during an upgrade), claiming at the same
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,15 @@ def test_runners_claiming_at_once_never_share_a_chunk(two: tuple[JobStore, JobSt
     a, b = two
     jobs = [a.create_job(request_of(40), 2, owner=f"tenant{n % 3}")[0].id for n in range(6)]
     claimed: dict[str, list[tuple[str, int]]] = {"r1": [], "r2": []}
+    start = threading.Barrier(2)
 
     def claim_all(store: JobStore, runner: str) -> None:
+        start.wait()
         while (claim := store.claim_chunk(runner, lease_s=60)) is not None:
             claimed[runner].append((claim.job_id, claim.chunk_index))
+            # A runner works on what it claimed before it claims again: the other one gets its
+            # turns (without it one thread could take every chunk before the other starts).
+            time.sleep(0.002)
 
     threads = [
         threading.Thread(target=claim_all, args=(store, runner))
