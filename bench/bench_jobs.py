@@ -34,8 +34,8 @@ from serve_app.config import JobsConfig
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification, TextResult
 from serve_app.devtools.postgres import temporary_postgres
+from serve_app.jobs.opening import open_store
 from serve_app.jobs.scheduler import JobScheduler
-from serve_app.jobs.store import open_store
 
 CHUNK_TEXTS = 16
 PARALLEL = 4

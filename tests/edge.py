@@ -68,12 +68,15 @@ class FailingScorer(EngineScorer):
         raise self.error
 
 
-def local_limiter(config: RateLimitConfig) -> RateLimitClient:
+def local_limiter(config: RateLimitConfig, seen: list[str] | None = None) -> RateLimitClient:
     """The ingress's rate-limit client, its buckets in one in-process `RateLimiter` instead of
-    limiter actors: the same admission rules, answers and headers."""
+    limiter actors: the same admission rules, answers and headers. `seen` collects the client
+    key of every admission, in order."""
     buckets = RateLimiter(config)
 
     async def decide(key: str, cost: float) -> Decision:
+        if seen is not None:
+            seen.append(key)
         return buckets.try_acquire(key, cost)
 
     return RateLimitClient(config, decide=decide)
@@ -130,9 +133,9 @@ def edge_app(
     )
 
 
-def client(app: FastAPI, peer: str = "127.0.0.1") -> httpx.AsyncClient:
-    """An httpx client that calls the app in this process, as a caller at `peer`."""
-    transport = httpx.ASGITransport(app=app, client=(peer, 50000))
+def asgi_client(app: FastAPI, peer: str = "127.0.0.1", port: int = 50000) -> httpx.AsyncClient:
+    """An httpx client that calls the app in this process, as a caller at `peer`:`port`."""
+    transport = httpx.ASGITransport(app=app, client=(peer, port))
     return httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=30)
 
 
@@ -157,12 +160,38 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+def engine_app(model_dir: Path, **overrides: Any) -> tuple[FastAPI, Services]:
+    """The app for the model in `model_dir` with config overrides, around an Engine of its own;
+    with its `Services`, for a test to swap a part (the rate limiter, the scorer)."""
+    config = AppConfig.model_validate({"model": str(model_dir), **overrides})
+    services = Services(
+        config=config, scorer=EngineScorer(Engine(config.model_settings(), str(model_dir)))
+    )
+    return create_app(services), services
+
+
+def post(engine: Engine, path: str, body: Any, **overrides: Any) -> httpx.Response:
+    """POST `body` to the app built on `engine` and the config overrides; the response."""
+    config = AppConfig.model_validate(
+        {"model": engine.source, "jobs": {"enabled": False}, **overrides}
+    )
+    response: httpx.Response = call(config, engine, "POST", path, json=body)
+    return response
+
+
+def openapi(engine: Engine) -> dict[str, Any]:
+    """The OpenAPI document of the app built on `engine`."""
+    config = AppConfig.model_validate({"model": engine.source, "jobs": {"enabled": False}})
+    schema: dict[str, Any] = edge_app(config, EngineScorer(engine)).openapi()
+    return schema
+
+
 def call(config: AppConfig, engine: Engine, method: str, path: str, **kwargs: Any) -> Any:
     """One request to the app built for `config` around `engine`; returns the httpx response."""
     app = edge_app(config, EngineScorer(engine))
 
     async def go() -> httpx.Response:
-        async with client(app) as http:
+        async with asgi_client(app) as http:
             return await http.request(method, path, **kwargs)
 
     return asyncio.run(go())

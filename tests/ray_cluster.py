@@ -1,11 +1,6 @@
-"""A real multi-node Ray cluster on this machine, for tests: `ray start --head` and worker nodes,
-each with its own ports, temp dir and custom resource (`zsc_head`, `zsc_worker`), an auth token of
-its own, and a teardown that kills exactly the processes it started (never `ray stop`).
-
-Ray 2.60 on several nodes of one machine needs its own ports per node (node manager, object
-manager, metrics export, dashboard agent listen and gRPC, runtime env agent) and its own
-`--temp-dir`; the raylet gives its dashboard agent 15 s (ray#65983), which a loaded 2-core machine
-can miss, so that failure is retried on fresh ports. Linux-only (it reads /proc).
+"""Real multi-node Ray clusters on this machine, for the tests that need one: `ray start --head`
+plus `ray start --address=...` workers, each cluster with its own ports, `--temp-dir` and token,
+torn down by killing exactly the processes it started (never `ray stop`). Linux-only (/proc).
 """
 
 from __future__ import annotations
@@ -40,6 +35,7 @@ HEAD_RESOURCE, WORKER_RESOURCE = "zsc_head", "zsc_worker"
 # Generous: the machine has 2 cores shared with other work, where a replica can take a minute
 # to start (worker process, torch import, model load).
 START_TIMEOUT_S = 120.0
+DEPLOY_TIMEOUT_S = 300.0
 # Ray 2.60's raylet gives its dashboard agent a fixed 15 s to write its port files and aborts
 # the node otherwise (ray-project/ray#65983); on a loaded 2-core machine the agent's imports
 # alone can take longer. Only that failure is retried, on fresh ports and a fresh temp dir.
@@ -165,10 +161,14 @@ class Cluster:
             args += [f"--{name}", str(port)]
         return args
 
-    def _start(self, name: str, make_args: Callable[[], list[str]]) -> RayNode:
+    def _start(
+        self, name: str, make_args: Callable[[], list[str]], env: dict[str, str] | None = None
+    ) -> RayNode:
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                return self._start_once(name if attempt == 1 else f"{name}.{attempt}", make_args())
+                return self._start_once(
+                    name if attempt == 1 else f"{name}.{attempt}", make_args(), env
+                )
             except NodeStartFailed as failure:
                 failure.node.stop(time.monotonic())
                 self.nodes.remove(failure.node)
@@ -177,7 +177,7 @@ class Cluster:
                 print(f"{name}: the raylet gave up on its dashboard agent; starting it again")
         raise AssertionError("not reached")
 
-    def _start_once(self, name: str, args: list[str]) -> RayNode:
+    def _start_once(self, name: str, args: list[str], env: dict[str, str] | None = None) -> RayNode:
         temp_dir = self.base_dir / name
         temp_dir.mkdir()
         log_path = self.base_dir / f"{name}.log"
@@ -196,7 +196,7 @@ class Cluster:
         ]  # fmt: skip
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                command, cwd=REPO, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         node = RayNode(name, temp_dir, proc, log_path)
@@ -230,14 +230,23 @@ class Cluster:
         wait_for(lambda: self._get("/api/version", quiet=True), START_TIMEOUT_S, "the dashboard")
         return node
 
-    def start_worker(self, name: str) -> RayNode:
+    def start_worker(
+        self,
+        name: str,
+        resources: dict[str, float] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RayNode:
+        """A worker node with `resources` (default {zsc_worker: 10}) and `env` on top of the
+        cluster's environment (its own HF_HOME, say)."""
         before = {n["node_id"] for n in self.alive_nodes()}
+        custom = json.dumps(resources or {WORKER_RESOURCE: 10})
         node = self._start(
             name,
             lambda: [
                 "--address", self.gcs_address,
-                "--num-cpus", "2", "--resources", json.dumps({WORKER_RESOURCE: 10}),
+                "--num-cpus", "2", "--resources", custom,
             ],
+            env,
         )  # fmt: skip
         new = wait_for(
             lambda: [n for n in self.alive_nodes() if n["node_id"] not in before],
@@ -308,8 +317,11 @@ def short_base_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool
 
 
 @contextlib.contextmanager
-def running_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A cluster with its head node started; stopped (and checked gone) on exit."""
+def own_cluster(
+    tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """A head node of this test's own (its ports, temp dir and token; `extra` on top of this
+    process's environment), torn down by killing exactly the processes it started."""
     base_dir, remove_after = short_base_dir(tmp_path_factory)
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -321,7 +333,7 @@ def running_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluste
         TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
     )
-    cluster = Cluster(base_dir=base_dir, env=env, token=token)
+    cluster = Cluster(base_dir=base_dir, env={**env, **(extra or {})}, token=token)
     try:
         cluster.start_head()
         yield cluster

@@ -33,9 +33,10 @@ from serve_app.core.results import Classification
 from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
 from serve_app.jobs.models import Job, JobList, JobWithResults
+from serve_app.jobs.opening import open_store
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.scheduler import JobScheduler
-from serve_app.jobs.store import open_store, store_url
+from serve_app.jobs.store import store_url
 from serve_app.jobs.webhooks import tenant_secrets
 from serve_app.observability.metrics import JobRunnerMetrics
 

@@ -1,7 +1,7 @@
 """The job store's contract: one protocol, two implementations beside it, picked by URL.
 
 `jobs.store` is `sqlite:///path` (embedded, one node: `sqlite_store.py`) or `postgresql://...`
-(shared by runners on any node: `postgres_store.py`); `open_store` is the only place that looks at
+(shared by runners on any node: `postgres_store.py`); `serve_app.jobs.opening.open_store` is the only place that looks at
 the scheme. Both keep the same tables (`sqlite_schema.sql`, `postgres_schema.sql`) and share their
 logic (`sql_store.py`), so every rule holds on both:
 - terminal states (`succeeded`, `failed`, `cancelled`) never change (a trigger aborts the update);
@@ -195,20 +195,6 @@ def store_url(configured: str) -> str:
 def is_shared(url: str) -> bool:
     """True for a store that runners on several nodes can share (PostgreSQL), False for SQLite."""
     return url.split(":", 1)[0].lower() in ("postgresql", "postgres")
-
-
-def open_store(url: str) -> JobStore:
-    """The store a URL names: `sqlite:///relative/or//absolute/path` or `postgresql://...`."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from serve_app.jobs.sqlite_store import SqliteJobStore
-
-        return SqliteJobStore(url)
-    if is_shared(url):
-        from serve_app.jobs.postgres_store import PostgresJobStore
-
-        return PostgresJobStore(url)
-    raise ValueError(f"jobs.store must be sqlite:///PATH or postgresql://..., got {scheme}:...")
 
 
 def new_job_id() -> str:

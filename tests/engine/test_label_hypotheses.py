@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from edge_engine import post
+from edge import post
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from serve_app.config import ModelConfig

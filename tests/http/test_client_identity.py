@@ -8,7 +8,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from edge_parts import LocalAdmission, client_from, edge_app
+from edge import asgi_client, engine_app, local_limiter
 
 from serve_app.config import AppConfig, RateLimitConfig
 from serve_app.core.ratelimit import ANONYMOUS_KEY, metric_label
@@ -26,17 +26,17 @@ TRUSTED = ["10.0.0.0/24", "2001:db8::/32"]
 
 
 def keys_seen(model_dir: Path, peer: str, headers: dict[str, str], **config: object) -> list[str]:
-    app, services = edge_app(model_dir, **config)
-    admission = LocalAdmission(RateLimitConfig(enabled=True))
-    services.rate_limiter = admission
+    app, services = engine_app(model_dir, **config)
+    seen: list[str] = []
+    services.rate_limiter = local_limiter(RateLimitConfig(enabled=True), seen)
 
     async def send() -> None:
-        async with client_from(app, peer) as client:
+        async with asgi_client(app, peer) as client:
             answer = await client.post("/v1/classify", json=BODY, headers=headers)
             assert answer.status_code == 200, answer.text
 
     asyncio.run(send())
-    return admission.keys
+    return seen
 
 
 @pytest.mark.parametrize(
@@ -73,29 +73,30 @@ def test_uvicorns_own_rewrite_is_undone(tiny_model_dir: Path) -> None:
     # Serve's uvicorn trusts X-Forwarded-For from 127.0.0.1 and rewrites the peer to
     # (header address, 0). zsc decides for itself: without trusted proxies, the peer was local.
     headers = {"X-Forwarded-For": "203.0.113.7"}
-    app, services = edge_app(tiny_model_dir)
-    services.rate_limiter = admission = LocalAdmission(RateLimitConfig(enabled=True))
+    app, services = engine_app(tiny_model_dir)
+    seen: list[str] = []
+    services.rate_limiter = local_limiter(RateLimitConfig(enabled=True), seen)
 
     async def send() -> None:
-        transport_app = client_from(app, "203.0.113.7", port=0)
+        transport_app = asgi_client(app, "203.0.113.7", port=0)
         async with transport_app as client:
             assert (await client.post("/v1/classify", json=BODY, headers=headers)).is_success
 
     asyncio.run(send())
-    assert admission.keys == ["127.0.0.1"]
+    assert seen == ["127.0.0.1"]
     trusting = keys_seen(tiny_model_dir, "203.0.113.7", headers, trusted_proxies=["127.0.0.1"])
     assert trusting == ["203.0.113.7"]
 
 
 def test_one_forwarded_client_is_limited_alone(tiny_model_dir: Path) -> None:
     """Behind one balancer, a client over its limit is refused; another client is not."""
-    app, services = edge_app(tiny_model_dir, trusted_proxies=TRUSTED)
+    app, services = engine_app(tiny_model_dir, trusted_proxies=TRUSTED)
     slow = {"203.0.113.7": {"rate": 0.001, "burst": 2}}
-    services.rate_limiter = LocalAdmission(RateLimitConfig(enabled=True, overrides=slow))
+    services.rate_limiter = local_limiter(RateLimitConfig(enabled=True, overrides=slow))
 
     async def send() -> list[tuple[str, int]]:
         answers = []
-        async with client_from(app, BALANCER) as client:
+        async with asgi_client(app, BALANCER) as client:
             for forwarded in ["203.0.113.7", "203.0.113.7", "198.51.100.4"]:
                 answer = await client.post(
                     "/v1/classify", json=BODY, headers={"X-Forwarded-For": forwarded}

@@ -1,7 +1,7 @@
 """The web page's threshold line, predicted labels and windows, in real headless Chromium.
 
 The page and its API come from the FastAPI app served by uvicorn in this process over a real
-in-process Engine (tests/edge_engine.py): the browser path without Ray.
+in-process Engine (tests/edge.py): the browser path without Ray.
 """
 
 from __future__ import annotations

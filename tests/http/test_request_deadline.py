@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from edge_parts import EngineScorer, client_from, edge_app
+from edge import EngineScorer, asgi_client, engine_app
 
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
@@ -36,13 +36,13 @@ class StalledScorer(EngineScorer):
 def test_a_request_past_its_timeout_is_a_json_504(
     tiny_model_dir: Path, route: str, body: dict
 ) -> None:
-    app, services = edge_app(tiny_model_dir, request_timeout_s=0.5)
+    app, services = engine_app(tiny_model_dir, request_timeout_s=0.5)
     scorer = StalledScorer(services.scorer.engine)
     services.scorer = scorer
 
     async def send(stall_s: float) -> tuple[int, dict, dict]:
         scorer.stall_s = stall_s
-        async with client_from(app, "10.0.0.1") as client:
+        async with asgi_client(app, "10.0.0.1") as client:
             answer = await client.post(route, json=body)
         return answer.status_code, dict(answer.headers), answer.json()
 

@@ -1,5 +1,5 @@
 """threshold and `predicted`, the request fields' validation and server defaults, through the
-FastAPI app in-process over a real Engine (tests/edge_engine.py), plus the pure rule."""
+FastAPI app in-process over a real Engine (tests/edge.py), plus the pure rule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_engine import openapi, post
+from edge import openapi, post
 
 from serve_app.config import ModelConfig
 from serve_app.core.chunks import predicted

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from edge_parts import LocalAdmission, client_from, edge_app
+from edge import asgi_client, engine_app, local_limiter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from serve_app.config import RateLimitConfig, TracingConfig
@@ -58,11 +58,11 @@ def exporter() -> Iterator[InMemorySpanExporter]:
 def test_a_request_continues_the_callers_trace(
     tiny_model_dir: Path, exporter: InMemorySpanExporter
 ) -> None:
-    app, services = edge_app(tiny_model_dir)
-    services.rate_limiter = LocalAdmission(RateLimitConfig(enabled=True))
+    app, services = engine_app(tiny_model_dir)
+    services.rate_limiter = local_limiter(RateLimitConfig(enabled=True))
 
     async def send() -> int:
-        async with client_from(app, "10.0.0.1") as client:
+        async with asgi_client(app, "10.0.0.1") as client:
             answer = await client.post(
                 "/v1/classify", json=BODY, headers={"traceparent": TRACEPARENT}
             )
@@ -84,10 +84,10 @@ def test_a_request_continues_the_callers_trace(
 def test_without_a_traceparent_each_request_starts_its_own_trace(
     tiny_model_dir: Path, exporter: InMemorySpanExporter
 ) -> None:
-    app, _ = edge_app(tiny_model_dir)
+    app, _ = engine_app(tiny_model_dir)
 
     async def send() -> None:
-        async with client_from(app, "10.0.0.1") as client:
+        async with asgi_client(app, "10.0.0.1") as client:
             for _ in range(2):
                 assert (await client.post("/v1/classify", json=BODY)).status_code == 200
 

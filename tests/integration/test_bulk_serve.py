@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from live import wait_for
-from ray_cluster import Cluster, running_cluster
+from ray_cluster import Cluster, own_cluster
 
 pytestmark = pytest.mark.ray
 
@@ -278,7 +278,7 @@ def test_an_interrupted_run_resumes_with_every_id_once(
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory) as cluster:
+    with own_cluster(tmp_path_factory) as cluster:
         cluster.start_worker("w1")
         yield cluster
 

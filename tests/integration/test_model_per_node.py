@@ -26,7 +26,7 @@ import httpx
 import pytest
 from live import wait_for
 from parity import as_list, assert_same_results
-from test_multinode import DEPLOY_TIMEOUT_S, HEAD_RESOURCE, REPO, Cluster, own_cluster
+from ray_cluster import DEPLOY_TIMEOUT_S, HEAD_RESOURCE, REPO, Cluster, own_cluster
 from transformers import pipeline
 
 from serve_app.devtools.ports import free_port

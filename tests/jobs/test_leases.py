@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from stores import STORE_KINDS, fresh_store_url
 
-from serve_app.jobs.store import JobStore, OutboxEvent, open_store
+from serve_app.jobs.opening import open_store
+from serve_app.jobs.store import JobStore, OutboxEvent
 
 
 @pytest.fixture(params=STORE_KINDS)

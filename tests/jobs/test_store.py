@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from stores import STORE_KINDS, fresh_store_url
 
-from serve_app.jobs.store import IdempotencyConflict, JobStore, OutboxEvent, open_store
+from serve_app.jobs.opening import open_store
+from serve_app.jobs.store import IdempotencyConflict, JobStore, OutboxEvent
 
 
 def make_request(n: int, labels: tuple[str, ...] = ("a", "b")) -> dict[str, Any]:

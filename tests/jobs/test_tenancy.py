@@ -23,9 +23,10 @@ from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification, TextResult
 from serve_app.jobs import scheduler as scheduler_module
 from serve_app.jobs import webhooks
+from serve_app.jobs.opening import open_store
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.scheduler import JobScheduler
-from serve_app.jobs.store import JobStore, open_store
+from serve_app.jobs.store import JobStore
 
 
 @pytest.fixture(params=STORE_KINDS)
