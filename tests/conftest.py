@@ -227,3 +227,21 @@ def postgres_server() -> Iterator[str]:
 
     with temporary_postgres() as url:
         yield url
+
+
+@pytest.fixture(params=("sqlite", "postgres"))
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh job store of each kind (tests/stores.py): every store test runs on both."""
+    from stores import fresh_store_url
+
+    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else ""
+    return fresh_store_url(request.param, tmp_path, server)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Any]:
+    from serve_app.jobs.opening import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
+from edge import call
 from parity import as_list, assert_same_results
 from transformers import AutoTokenizer, pipeline
 
-from serve_app.config import LimitsConfig, ModelConfig
+from serve_app.config import AppConfig, LimitsConfig, ModelConfig
 from serve_app.core.requests import prepare_request
 from serve_app.devtools.test_models import build_test_model
 from serve_app.engine.engine import Engine
@@ -72,6 +73,12 @@ def test_a_2000_token_text_is_cut_at_512_and_equals_the_pipeline(
         "zero-shot-classification", model=str(roberta_514), tokenizer=tokenizer, device="cpu"
     )
     assert_same_results(ours, as_list(reference(texts, candidate_labels=LABELS)), tol)
+    # Over HTTP (the real app in-process): a 200 that names the cut text, not a 500.
+    config = AppConfig(model=str(roberta_514), backend=backend, jobs={"enabled": False})
+    answer = call(config, engine, "POST", "/v1/classify", json={"texts": texts, "labels": LABELS})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["truncated"] == [0]
+    assert_same_results(answer.json()["results"], ours, 1e-6)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])

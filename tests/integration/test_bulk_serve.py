@@ -289,7 +289,8 @@ def test_the_actor_pool_runs_on_both_nodes(
     cluster = two_nodes
     nodes = {n["node_id"] for n in cluster.alive_nodes()}
     assert len(nodes) == 2
-    texts = mixed_texts(800, seed=5)
+    # Enough rows that the run outlasts the read tasks which hold a CPU while the pool starts.
+    texts = mixed_texts(2400, seed=5)
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": texts}), source)
     out = tmp_path / "out"

@@ -3,12 +3,9 @@ states, exactly-once chunks, leases, paging, outbox, idempotency."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from stores import STORE_KINDS, fresh_store_url
 
 from serve_app.jobs.opening import open_store
 from serve_app.jobs.store import IdempotencyConflict, JobStore, OutboxEvent
@@ -36,19 +33,6 @@ def event_at(at: float):
         return OutboxEvent(f"job.{job.state}", f'{{"id": "{job.id}"}}'.encode(), at)
 
     return factory
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else ""
-    return fresh_store_url(request.param, tmp_path, server)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def claim_all(store: JobStore, runner: str = "r1", now: float | None = None) -> list[int]:

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
-from stores import STORE_KINDS, fresh_store_url
 
 from serve_app.config import JobsConfig
 from serve_app.core.errors import ClientError
@@ -27,19 +25,6 @@ from serve_app.jobs.opening import open_store
 from serve_app.jobs.outbox import Outbox
 from serve_app.jobs.scheduler import JobScheduler
 from serve_app.jobs.store import JobStore
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    server = request.getfixturevalue("postgres_server") if request.param == "postgres" else ""
-    return fresh_store_url(request.param, tmp_path, server)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[JobStore]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def prepared(n: int, width: int = 1) -> PreparedRequest:
