@@ -60,10 +60,10 @@ bench: install
 
 # On a machine with an NVIDIA GPU. It installs nothing: the venv above holds the CPU build of
 # torch, so it runs an interpreter that already has a CUDA build of torch and the project's
-# dependencies (GPU_PYTHON=...). `.venv/bin/python bench/bench_gpu.py --smoke` checks it on CPU.
+# dependencies (GPU_PYTHON=...). `.venv/bin/python -m bench.bench_gpu --smoke` checks it on CPU.
 GPU_PYTHON ?= python3
 bench-gpu:
-	$(GPU_PYTHON) bench/bench_gpu.py
+	$(GPU_PYTHON) -m bench.bench_gpu
 
 clean:
 	rm -rf $(VENV) .zsc .pytest_cache

@@ -35,30 +35,21 @@ Writes service-<backend>.json (with the command), .md and .png to the out direct
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray starts its workers (Serve replicas included) at nice 15 by default, below this driver,
-# where (a)-(c) run. On a machine shared with other work that alone would hand the baselines
-# more CPU than the service: run everything at the same priority.
-os.environ.setdefault("RAY_worker_niceness", "0")
+import numpy as np
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Coroutine, Sequence  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from serve_app.devtools.benchmarking import (  # noqa: E402
+from bench.common import (
     APP,
     DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
@@ -91,6 +82,11 @@ from serve_app.devtools.benchmarking import (  # noqa: E402
     tree_cpu_seconds,
     use_threads,
 )
+
+# Ray starts its workers (Serve replicas included) at nice 15 by default, below this driver,
+# where (a)-(c) run. On a machine shared with other work that alone would hand the baselines
+# more CPU than the service: run everything at the same priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 BACKENDS = ("torch", "int8", "onnx", "onnx-int8")
 # What each --backend name deploys: the config's backend and, for ONNX, which file.

@@ -1,6 +1,6 @@
 """long_text=chunk against truncate on a 2,000-token text (issue 26).
 
-    .venv/bin/python bench/bench_chunk.py [--repeats 5] [--labels 5] [--stride 64] [--out DIR]
+    .venv/bin/python -m bench.bench_chunk [--repeats 5] [--labels 5] [--stride 64] [--out DIR]
 
 The Engine in-process (no Ray, no HTTP) on the full-size random cross-encoder (the real
 model's cost; built once into .zsc/bench-model), result cache off. One text of about 2,000
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -24,12 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from serve_app.config import LimitsConfig, ModelConfig  # noqa: E402
-from serve_app.core.requests import prepare_request  # noqa: E402
-from serve_app.devtools.benchmarking import (  # noqa: E402
+from bench.common import (
     DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
     WORDS,
@@ -37,7 +31,9 @@ from serve_app.devtools.benchmarking import (  # noqa: E402
     loadavg,
     log,
 )
-from serve_app.engine.engine import Engine  # noqa: E402
+from serve_app.config import LimitsConfig, ModelConfig
+from serve_app.core.requests import prepare_request
+from serve_app.engine.engine import Engine
 
 TOKENS = 2000
 LABELS = ["sports", "finance", "politics", "technology", "weather", "health", "music", "travel"]

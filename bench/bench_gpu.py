@@ -1,7 +1,7 @@
 """zsc's GPU path (issue 8): fp32 against half precision, one replica against four at 0.25 GPU.
 
-    python3 bench/bench_gpu.py [--half float16|bfloat16] [--out bench/results] [--max-seconds 390]
-    .venv/bin/python bench/bench_gpu.py --smoke      # the same code path on CPU, about a minute
+    python3 -m bench.bench_gpu [--half float16|bfloat16] [--out bench/results] [--max-seconds 390]
+    .venv/bin/python -m bench.bench_gpu --smoke      # the same code path on CPU, about a minute
 
 The one prepared script for a lent GPU machine (one GPU, no network). On the full-size random
 model (82.1M parameters, built locally as bench/bench.py builds it) and bench.py's seeded mixed
@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serve_app.devtools.benchmarking import (
+from bench.common import (
     APP,
     DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
@@ -77,9 +77,6 @@ from serve_app.devtools.benchmarking import (
 if TYPE_CHECKING:
     from serve_app.engine.protocol import Pair
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_niceness", "0")  # replicas at the driver's priority
 
 SMOKE_MODEL_DIR = REPO / ".zsc" / "bench-smoke-model"

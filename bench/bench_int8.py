@@ -1,6 +1,6 @@
 """int8 against fp32 on the full-size random model, through the Engine as the service runs it.
 
-    .venv/bin/python bench/bench_int8.py [--rounds 5] [--texts 24] [--onnx] [--out PATH]
+    .venv/bin/python -m bench.bench_int8 [--rounds 5] [--texts 24] [--onnx] [--out PATH]
 
 fp32 (`backend: torch`) runs its length-bucketed padded sub-batches; int8 (`backend: int8`,
 dynamic quantisation) runs one pair per forward, so a pair's activation scale is its own and its
@@ -23,13 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from serve_app.config import ModelConfig  # noqa: E402
-from serve_app.devtools.benchmarking import (  # noqa: E402
+from bench.common import (
     DEFAULT_MODEL_DIR,
     describe_workload,
     encode_items,
@@ -43,7 +39,8 @@ from serve_app.devtools.benchmarking import (  # noqa: E402
     native_quantize_preset,
     use_threads,
 )
-from serve_app.engine.engine import Engine  # noqa: E402
+from serve_app.config import ModelConfig
+from serve_app.engine.engine import Engine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -126,7 +123,7 @@ def main() -> None:
             ),
         }
     result = {
-        "command": " ".join(["bench/bench_int8.py", *sys.argv[1:]]),
+        "command": " ".join(["python -m bench.bench_int8", *sys.argv[1:]]),
         "model": str(model_dir),
         "workload": describe_workload(items, pairs),
         "cpus": os.cpu_count(),

@@ -1,6 +1,6 @@
 """Jobs throughput with 1 and 2 runners, on SQLite and on PostgreSQL, in one run.
 
-    .venv/bin/python bench/bench_jobs.py [--rounds 3] [--jobs 12] [--texts 256] [--score-ms 25]
+    .venv/bin/python -m bench.bench_jobs [--rounds 3] [--jobs 12] [--texts 256] [--score-ms 25]
                                          [--out bench/results/jobs.json]
 
 What it measures is the jobs machinery (claims, leases and their renewals, writes of results,

@@ -1,7 +1,7 @@
 """The JSON depth check of the body guard, before (a pure-Python byte loop) and after (C-speed
 bytes operations), on 8 MB bodies.
 
-    .venv/bin/python bench/bench_json_depth.py [--rounds 5] [--out PATH]
+    .venv/bin/python -m bench.bench_json_depth [--rounds 5] [--out PATH]
 
 Bodies: `texts` (a classify body of ordinary texts with a few brackets: the common case),
 `strings` (brackets, escaped quotes and backslashes inside strings: the adversarial case),

@@ -1,6 +1,6 @@
 """What the shared rate limiter costs and carries: single calls against coalesced, sharded calls.
 
-    .venv/bin/python bench/bench_limiter.py [--rounds 3] [--seconds 5] [--out PATH]
+    .venv/bin/python -m bench.bench_limiter [--rounds 3] [--seconds 5] [--out PATH]
 
 Measures, each round, with the same callers (two Ray actors in their own processes, each keeping
 64 acquisitions in flight for 64 client keys):
@@ -33,25 +33,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import httpx
+import ray
+from ray import serve
 
-import httpx  # noqa: E402
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
-
-from serve_app.app import build_app  # noqa: E402
-from serve_app.config import AppConfig, RateLimitConfig  # noqa: E402
-from serve_app.core.ratelimit import RateLimiter  # noqa: E402
-from serve_app.deployments.limiter import (  # noqa: E402
+from serve_app.app import build_app
+from serve_app.config import AppConfig, RateLimitConfig
+from serve_app.core.ratelimit import RateLimiter
+from serve_app.deployments.limiter import (
     ACTOR_NAMESPACE,
     RateLimitClient,
     actor_name,
     remove_limiters,
 )
-from serve_app.devtools.ports import free_port  # noqa: E402
-from serve_app.devtools.test_models import build_test_model  # noqa: E402
+from serve_app.devtools.ports import free_port
+from serve_app.devtools.test_models import build_test_model
 
 RESULTS = Path(__file__).parent / "results"
 # High enough that nothing is refused: the benchmark times the check, not the refusals.

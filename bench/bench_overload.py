@@ -1,7 +1,7 @@
 """Overload against the default layout: what admitted and refused requests meet at 4x the load
 the app sustains, against 0.8x.
 
-    .venv/bin/python bench/bench_overload.py [--model DIR] [--seconds 30] [--out PATH]
+    .venv/bin/python -m bench.bench_overload [--model DIR] [--seconds 30] [--out PATH]
 
 Deploys `build_app` with the default configuration (one Classifier replica with `num_cpus:
 auto`, `classifier.max_queued_requests` and `request_timeout_s` at their defaults) on a fresh
@@ -31,11 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import aiohttp  # noqa: E402
+import aiohttp
 
 # 8 texts x 8 labels: 64 pairs, so the Classifier (not the ingress) is what saturates, as it is
 # with the real model; `--light` sends 1 text x 4 labels, where the ingress saturates first.

@@ -1,6 +1,6 @@
 """Thousands of labels (issue 15): 1 text x 1,000 labels, the full path against the prefilter.
 
-    flock /tmp/zsc-ray.lock .venv/bin/python bench/bench_prefilter.py [--repeats 3] [--out DIR]
+    flock /tmp/zsc-ray.lock .venv/bin/python -m bench.bench_prefilter [--repeats 3] [--out DIR]
 
 One served app (real HTTP) on the full-size random cross-encoder (82.1M parameters, the real
 model's cost; built once into .zsc/bench-model) with the real all-MiniLM-L6-v2 as its prefilter
@@ -27,15 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray starts its workers at nice 15 by default; keep every process at one priority.
-os.environ.setdefault("RAY_worker_niceness", "0")
+import httpx
 
-import httpx  # noqa: E402
-
-from serve_app.devtools.benchmarking import (  # noqa: E402
+from bench.common import (
     DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
     WORDS,
@@ -44,6 +38,9 @@ from serve_app.devtools.benchmarking import (  # noqa: E402
     loadavg,
     log,
 )
+
+# Ray starts its workers at nice 15 by default; keep every process at one priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 APP = "zsc"
 N_LABELS = 1000

@@ -1,6 +1,7 @@
-"""What the benchmarks share: the seeded workload, CPU accounting, the raw-forward and
+"""What the benchmarks share: the seeded workload, CPU accounting (psutil), the raw-forward and
 thread-pool baselines, closed-loop HTTP and handle load, and the comparison of two backends'
-scores. bench/bench.py and bench/bench_gpu.py are built on it; no timed assertion lives here.
+scores. bench/bench.py, bench/bench_gpu.py and the other scripts are built on it; it lives
+outside the wheel, and no timed assertion lives here.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psutil
 
 from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.devtools.ports import free_port
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["free_port"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 APP = "zsc"
 DEFAULT_MODEL_DIR = REPO / ".zsc" / "bench-model"
@@ -124,57 +126,34 @@ def describe_workload(items: Sequence[Item], pairs: Sequence[Sequence[Pair]]) ->
 
 # -- CPU accounting -----------------------------------------------------------------------------
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-
-def _stat(pid: str) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a process, from /proc (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+def _tree(root: int | None = None) -> list[psutil.Process]:
+    """A process and all its descendants: the driver, and the Ray processes it started (GCS,
+    raylet, Serve's controller, proxy and replicas)."""
+    proc = psutil.Process(root or os.getpid())
+    return [proc, *proc.children(recursive=True)]
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
-    """CPU seconds used so far by this process and all its descendants: the driver, and the
-    Ray processes it started (GCS, raylet, Serve's controller, proxy and replicas)."""
-    root = root or os.getpid()
-    stats = {
-        int(p.name): s for p in Path("/proc").iterdir() if p.name.isdigit() and (s := _stat(p.name))
-    }
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid, (ppid, _) in stats.items():
-        children[ppid].append(pid)
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in stats:
-            total += stats[pid][1]
-        todo.extend(children.get(pid, []))
+    """CPU seconds (user + system) used so far by this process and all its descendants."""
+    total = 0.0
+    for proc in _tree(root):
+        try:
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # it ended between the listing and the reading
+        total += times.user + times.system
     return total
 
 
 def descendant_nice(pattern: str) -> list[int]:
     """Niceness of this process's descendants whose command line contains pattern."""
     found = []
-    me = os.getpid()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in _tree()[1:]:
         try:
-            if pattern not in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                continue
-            pid = int(proc.name)
-            while pid > 1:  # walk up to see whether it is one of ours
-                st = _stat(str(pid))
-                if st is None:
-                    break
-                pid = st[0]
-                if pid == me:
-                    found.append(os.getpriority(os.PRIO_PROCESS, int(proc.name)))
-                    break
-        except OSError:
+            if pattern in " ".join(proc.cmdline()):
+                found.append(proc.nice())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
 
