@@ -10,12 +10,11 @@ Scorer when jobs are enabled.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import AppConfig, DeploymentScale
+from serve_app.config import AppConfig, DeploymentScale, ServerSecrets
 from serve_app.core.errors import StartupError
 from serve_app.core.nli import ModelLabelError
 from serve_app.core.placement import Demand, placement_problem
@@ -192,7 +191,7 @@ def _check_exposure(config: AppConfig) -> None:
     if not known:
         return
     try:
-        keys = open_or_keys(config.auth, os.environ)
+        keys = open_or_keys(config.auth, ServerSecrets().key_environ(config.auth))
     except AuthConfigError as exc:
         raise StartupError(f"zsc: {exc}") from None
     problem = exposure_problem(config.auth, keys, host)

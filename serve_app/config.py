@@ -8,6 +8,7 @@ default and a description in one place (the README's configuration table mirrors
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serve_app.core.defaults import DEFAULT_BI_ENCODER, DEFAULT_MODEL, DEFAULT_TEMPLATE
 from serve_app.core.presets import PRESETS, ModelPreset, find_preset
@@ -287,7 +289,7 @@ class RateLimitConfig(_Section):
 
 
 class WebhookConfig(_Section):
-    secret: str | None = Field(
+    secret: SecretStr | None = Field(
         None,
         description="whsec_... secret for Standard Webhooks signatures (or env ZSC_WEBHOOK_SECRET).",
     )
@@ -332,7 +334,7 @@ DEFAULT_SQLITE_PATH = "zsc_jobs.sqlite3"
 
 class JobsConfig(_Section):
     enabled: bool = True
-    store: str | None = Field(
+    store: SecretStr | None = Field(
         None,
         description="Job store URL: sqlite:///PATH (embedded, one runner on the head node; "
         "the default sqlite:///zsc_jobs.sqlite3) or postgresql://USER@HOST/DB (any node, "
@@ -387,7 +389,7 @@ class JobsConfig(_Section):
     def store_url(self) -> str:
         """The configured store (env ZSC_JOBS_STORE overrides it in the runner)."""
         if self.store is not None:
-            return self.store
+            return self.store.get_secret_value()
         return f"sqlite:///{self.db_path or DEFAULT_SQLITE_PATH}"
 
 
@@ -420,6 +422,34 @@ class AuthConfig(_Section):
         if self.mode == "none" and self.api_key_hashes:
             raise ValueError("auth.mode: none conflicts with auth.api_key_hashes; remove one")
         return self
+
+
+class ServerSecrets(BaseSettings):
+    """Secrets the server reads from its own environment (on Kubernetes, from Secrets), each
+    `ZSC_<FIELD>`. Read where they are used, so they never travel in the app's config; held as
+    `SecretStr`, so no repr or log shows them."""
+
+    model_config = SettingsConfigDict(env_prefix="ZSC_", env_ignore_empty=True, extra="ignore")
+
+    api_keys: SecretStr | None = Field(
+        None, description="ZSC_API_KEYS: 'name:key,name2:key2' pairs, hashed at start."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="ZSC_WEBHOOK_SECRET: the whsec_ secret that signs job callbacks."
+    )
+    jobs_store: SecretStr | None = Field(
+        None, description="ZSC_JOBS_STORE: the job store URL, over jobs.store."
+    )
+
+    def key_environ(self, auth: AuthConfig) -> dict[str, str]:
+        """`{auth.api_keys_env: its value}` for `ApiKeys.from_config`: ZSC_API_KEYS from these
+        settings, a variable of another name (`auth.api_keys_env`) from the environment."""
+        name = auth.api_keys_env
+        if name == "ZSC_API_KEYS":
+            value = self.api_keys.get_secret_value() if self.api_keys is not None else ""
+        else:
+            value = os.environ.get(name, "")
+        return {name: value} if value else {}
 
 
 class TracingConfig(_Section):

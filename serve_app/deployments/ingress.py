@@ -7,14 +7,13 @@ returns exactly the body `POST /v1/classify` answers.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, ServerSecrets
 from serve_app.core.placement import Demand, PlacementError, placement_problem
 from serve_app.core.requests import LabelInput, prepare_request, resolve_top_k
 from serve_app.deployments.cluster import live_nodes, serve_http_host
@@ -55,7 +54,7 @@ class Ingress:
             rate_limiter.connect()
         # Read here, in the replica, so a key set in the pod's environment (e.g. from a
         # Kubernetes secret) never travels through the app's config; only digests stay.
-        api_keys = open_or_keys(config.auth, os.environ)
+        api_keys = open_or_keys(config.auth, ServerSecrets().key_environ(config.auth))
         known, host = serve_http_host()
         problem = exposure_problem(config.auth, api_keys, host if known else None)
         if problem:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 from ray import serve
 from ray.exceptions import (
@@ -26,7 +25,7 @@ from ray.exceptions import (
 )
 from ray.serve.exceptions import RayServeException
 
-from serve_app.config import JobsConfig
+from serve_app.config import JobsConfig, ServerSecrets
 from serve_app.core.errors import ServiceUnavailable
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
@@ -81,7 +80,8 @@ class JobRunner:
     def __init__(
         self, config: JobsConfig, scorer: Scorer, limiter: RateLimitClient | None = None
     ) -> None:
-        secret = config.webhook.secret or os.environ.get("ZSC_WEBHOOK_SECRET") or None
+        configured = config.webhook.secret or ServerSecrets().webhook_secret
+        secret = configured.get_secret_value() if configured is not None else None
 
         def secrets(tenant: str) -> list[str]:
             return tenant_secrets(config.webhook, secret, tenant)

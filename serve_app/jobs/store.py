@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from serve_app.config import ServerSecrets
 from serve_app.jobs.models import DeliveryState, Job, JobState
 
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 TERMINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
-# Read by the runner replica, so a database password never sits in the app's config.
-STORE_ENV = "ZSC_JOBS_STORE"
 
 
 class IdempotencyConflict(Exception):
@@ -188,8 +186,10 @@ class JobStore(Protocol):
 
 
 def store_url(configured: str) -> str:
-    """The store the runner opens: env ZSC_JOBS_STORE (a Secret on Kubernetes) over the config."""
-    return os.environ.get(STORE_ENV) or configured
+    """The store the runner opens: env ZSC_JOBS_STORE (a Secret on Kubernetes) over the config.
+    Read by the runner replica, so a database password never sits in the app's config."""
+    env = ServerSecrets().jobs_store
+    return env.get_secret_value() if env is not None else configured
 
 
 def is_shared(url: str) -> bool:
