@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from serve_app import __version__
 from serve_app.config import AppConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +149,16 @@ def test_each_quoted_figure_is_the_one_in_its_results_file(
     assert abs(float(data) - quoted) <= 0.5 * 10**-decimals + 1e-9, (
         f"{doc} quotes {number} for {path} {key}, the file says {data}"
     )
+
+
+def test_image_tags_in_the_docs_and_k8s_are_the_package_version() -> None:
+    files = [*DOCS, *sorted((ROOT / "k8s").iterdir())]
+    tags = {
+        (path.name, tag)
+        for path in files
+        if path.is_file()
+        for tag in re.findall(r"\bzsc:(\d+\.\d+\.\d+)", path.read_text(encoding="utf-8"))
+    }
+    assert tags, "no zsc:X.Y.Z image tag found: the check below would be vacuous"
+    stale = {(name, tag) for name, tag in tags if tag != __version__}
+    assert not stale, f"image tags that are not the package version {__version__}: {stale}"

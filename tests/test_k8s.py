@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serve_app import __version__
 from serve_app.devtools import kube
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_render_check_fails_on_a_stale_manifest_or_secrets_template(tmp_path: Pa
 
 def test_images_are_tagged_with_the_package_version() -> None:
     images = {c["image"] for t in _templates().values() for c in t["spec"]["containers"]}
-    assert images == {f"zsc:{version('zsc')}", f"zsc:{version('zsc')}-gpu"}
+    assert images == {f"zsc:{__version__}", f"zsc:{__version__}-gpu"}
 
 
 # --- closed to strangers ---------------------------------------------------------------------

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from serve_app import __version__
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_CONFIG = REPO_ROOT / "deploy_config.yaml"
@@ -32,7 +33,7 @@ SECRETS_TEMPLATE = K8S_DIR / SECRETS_NAME
 NAME = "zsc"
 RAY_VERSION = "2.60.0"
 # Image tags follow the package version, so a release and its image cannot drift apart.
-IMAGE = f"zsc:{version('zsc')}"
+IMAGE = f"zsc:{__version__}"
 GPU_IMAGE = f"{IMAGE}-gpu"
 # The official Ray images run as `ray` (uid 1000, group `users`, gid 100); a numeric uid lets
 # the kubelet enforce runAsNonRoot.

@@ -7,10 +7,9 @@ failure is `{"error": {"type", "message"}}` (`serve_app.http.errors`).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from fastapi import FastAPI
 
+from serve_app import __version__
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.middleware.auth import install_auth
 from serve_app.http.middleware.body_guard import BodyGuard
@@ -21,18 +20,10 @@ from serve_app.http.routes.services import Services
 from serve_app.observability import tracing
 
 
-def package_version() -> str:
-    """zsc's version, read once from the installed package's metadata."""
-    try:
-        return version("zsc")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "0+unknown"
-
-
 def create_app(svc: Services) -> FastAPI:
     app = FastAPI(
         title="zsc: zero-shot text classification",
-        version=package_version(),
+        version=__version__,
         description="Classify any text into labels you make up on the spot, with an NLI "
         "cross-encoder on Ray Serve.",
     )
