@@ -52,9 +52,9 @@ def long_text(engine: Engine, tokens: int, seed: int) -> str:
 def timed(engine: Engine, text: str, labels: list[str], **options: Any) -> dict[str, Any]:
     request = prepare_request([text], labels, None, None, LimitsConfig(), **options)
     started = time.perf_counter()
-    scoring = engine.start(request)
+    pending = engine.start(request)
     tokenized = time.perf_counter()
-    answer = engine.finish(scoring, list(engine.forward(scoring.todo)))
+    answer = engine.finish(pending, list(engine.forward(pending.todo)))
     ended = time.perf_counter()
     return {
         "seconds": ended - started,

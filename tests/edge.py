@@ -2,7 +2,7 @@
 error handlers, scored by a real `Engine` in this process instead of Classifier replicas.
 
 What the edge does on its own (validation, error envelopes, headers, auth, body limits, route
-shapes, the rate limit's answers) needs no Ray: `EngineScorer` implements the same `Scoring`
+shapes, the rate limit's answers) needs no Ray: `EngineScorer` implements the same `ScoringService`
 interface as the Ray-backed `Scorer`, and `local_limiter` is the limiter actors' client deciding
 with one in-process `RateLimiter`. `serving()` puts the app on a real socket
 (uvicorn in a thread) for clients that need a URL (huggingface_hub's InferenceClient, the CLI).
@@ -40,7 +40,7 @@ BASE_URL = "http://zsc.test"
 
 
 class EngineScorer:
-    """`Scoring` over an in-process Engine: the Classifier's answers, without Ray."""
+    """`ScoringService` over an in-process Engine: the Classifier's answers, without Ray."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -50,8 +50,8 @@ class EngineScorer:
         self.requests.append(request)
         return self.engine.classify(request)
 
-    async def check(self, request: PreparedRequest) -> None:
-        self.engine.check(request)
+    async def check_labels(self, request: PreparedRequest) -> None:
+        self.engine.check_labels(request)
 
     async def model_info(self) -> dict[str, Any]:
         return self.engine.describe()

@@ -75,7 +75,7 @@ class _Idle:
     async def classify(self, request: Any) -> Any:
         raise AssertionError
 
-    async def check(self, request: Any) -> None:
+    async def check_labels(self, request: Any) -> None:
         raise AssertionError
 
     async def model_info(self) -> dict[str, Any]:

@@ -85,7 +85,7 @@ class BulkClassifier:
         self.task = task
         self.engine = Engine(settings, model_source(settings), cpu_budget)
         # Hypotheses too long for the window fail here, once, not on every batch.
-        self.engine.check(self._request([]))
+        self.engine.check_labels(self._request([]))
         self.engine.warm_up()
 
     def _request(self, texts: list[str]) -> PreparedRequest:

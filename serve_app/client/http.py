@@ -123,7 +123,7 @@ def parse_retry_after(value: str | None) -> float | None:
 Label = str | Mapping[str, Any]
 
 
-def classify_body(
+def classify_request_body(
     texts: str | Sequence[str],
     labels: str | Sequence[Label],
     hypothesis_template: str,
@@ -167,7 +167,7 @@ def job_body(
     prefilter_top_k: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    body = classify_body(
+    body = classify_request_body(
         texts, labels, hypothesis_template, multi_label, prefilter_top_k, **options
     )
     if callback_url is not None:
@@ -389,7 +389,7 @@ class ZeroShotClient(_Operations):
         configured k; 0: every label). `long_text` ("truncate" | "chunk"), `chunk_stride`,
         `chunk_aggregate` ("max" | "mean") and `threshold` (0 to 1, adds `predicted`) are sent
         when given; None leaves them to the server's defaults."""
-        body = classify_body(
+        body = classify_request_body(
             texts,
             labels,
             hypothesis_template,
@@ -535,7 +535,7 @@ class AsyncZeroShotClient(_Operations):
         chunk_aggregate: str | None = None,
         threshold: float | None = None,
     ) -> dict[str, Any]:
-        body = classify_body(
+        body = classify_request_body(
             texts,
             labels,
             hypothesis_template,
@@ -618,6 +618,6 @@ __all__ = [
     "RetryPolicy",
     "ZeroShotClient",
     "ZscHTTPError",
-    "classify_body",
+    "classify_request_body",
     "parse_retry_after",
 ]

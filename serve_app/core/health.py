@@ -34,7 +34,7 @@ class Liveness:
         """The deployments that neither answered recently nor answer a probe now, in order."""
         now = time.monotonic()
 
-        async def check(name: str, probe: Probe) -> str | None:
+        async def probe_one(name: str, probe: Probe) -> str | None:
             if now - self._answered.get(name, -math.inf) < timeout_s:
                 return None
             try:
@@ -44,5 +44,5 @@ class Liveness:
             self._answered[name] = time.monotonic()
             return None
 
-        found = await asyncio.gather(*(check(n, p) for n, p in self.probes.items()))
+        found = await asyncio.gather(*(probe_one(n, p) for n, p in self.probes.items()))
         return [name for name in found if name is not None]

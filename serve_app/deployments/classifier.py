@@ -52,7 +52,9 @@ def batch_tokens(items: list[BatchItem]) -> int:
 
 
 @dataclass(frozen=True)
-class BatchRecord:
+class ClassifierBatch:
+    """One batch the Classifier ran: its pairs, the calls it merged, when it started and ended."""
+
     pairs: int
     calls: int
     started: float
@@ -85,7 +87,7 @@ class Classifier:
         self._batching = _BATCHING_DEFAULTS
         # Recent batches, for tests, benchmarks and `GET /v1/model` (Prometheus may not be
         # scraped); a bounded deque, appended to in place.
-        self._recent: deque[BatchRecord] = deque(maxlen=RECENT_BATCHES)
+        self._recent: deque[ClassifierBatch] = deque(maxlen=RECENT_BATCHES)
         self._call_ids = itertools.count()
         # Before the replica reports ready: the first request costs what later ones cost.
         self.engine.warm_up()
@@ -109,14 +111,14 @@ class Classifier:
         with tracing.span("zsc.classifier", traceparent):
             started = time.perf_counter()
             with tracing.span("zsc.tokenize"):
-                scoring = self.engine.start(request)
+                pending = self.engine.start(request)
             self.metrics.tokenize_s.observe(time.perf_counter() - started)
-            self.metrics.request_pairs.observe(len(scoring.rows))
-            if scoring.keys is not None:
-                add(self.metrics.cache_lookups, scoring.cache_hits, {"result": "hit"})
+            self.metrics.request_pairs.observe(len(pending.rows))
+            if pending.keys is not None:
+                add(self.metrics.cache_lookups, pending.cache_hits, {"result": "hit"})
                 add(
                     self.metrics.cache_lookups,
-                    len(scoring.rows) - scoring.cache_hits,
+                    len(pending.rows) - pending.cache_hits,
                     {"result": "miss"},
                 )
             call_id = next(self._call_ids)
@@ -126,24 +128,24 @@ class Classifier:
                 rows = await asyncio.gather(
                     *(
                         self._score_pair(BatchItem(call_id, queued_at, pair))
-                        for pair in scoring.todo
+                        for pair in pending.todo
                     )
                 )
             finally:
                 batches = self._batch_times.pop(call_id, None)
             if batches is not None:
-                attributes = {"zsc.pairs": len(scoring.todo)}
+                attributes = {"zsc.pairs": len(pending.todo)}
                 tracing.record_span("zsc.queue_wait", queued_ns, batches[0], attributes)
                 tracing.record_span("zsc.forward", batches[0], batches[1], attributes)
-            return self.engine.finish(scoring, rows)
+            return self.engine.finish(pending, rows)
 
     async def ping(self) -> None:
         """The readiness probe of /healthz: answers as soon as the replica's loop is free."""
 
-    async def check(self, request: PreparedRequest) -> None:
+    async def check_labels(self, request: PreparedRequest) -> None:
         """Refuse labels that cannot be scored (a hypothesis longer than the window), so a job
         is refused at submission instead of failing later."""
-        self.engine.check(request)
+        self.engine.check_labels(request)
 
     # The decorator's values are the defaults only: reconfigure() sets the configured ones
     # before the first call.
@@ -170,7 +172,7 @@ class Classifier:
         distinct = len(set(pairs))
         self.metrics.scored(distinct)
         self.metrics.batch_distinct.observe(distinct)
-        self._recent.append(BatchRecord(len(pairs), len(waits), started, time.perf_counter()))
+        self._recent.append(ClassifierBatch(len(pairs), len(waits), started, time.perf_counter()))
         return list(logits)
 
     def batch_stats(self) -> dict[str, Any]:

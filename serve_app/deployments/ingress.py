@@ -21,7 +21,7 @@ from serve_app.deployments.limiter import RateLimitClient
 from serve_app.deployments.scoring import Scorer
 from serve_app.http.app import create_app
 from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
-from serve_app.http.render import classify_body
+from serve_app.http.render import classify_response_body
 from serve_app.http.routes.services import Services
 from serve_app.observability import tracing
 
@@ -106,4 +106,4 @@ class Ingress:
             threshold=threshold,
             defaults=self.config.request_defaults(),
         )
-        return classify_body(await self.scorer.classify(prepared))
+        return classify_response_body(await self.scorer.classify(prepared))

@@ -46,7 +46,9 @@ class TextItem:
 
 
 @dataclass(frozen=True)
-class BatchRecord:
+class PrefilterBatch:
+    """One batch the Prefilter embedded: its texts, the calls it merged and its duration."""
+
     texts: int
     calls: int
     seconds: float
@@ -64,7 +66,7 @@ class Prefilter:
         )
         self.metrics = PrefilterMetrics()
         self._batching = _DEFAULTS
-        self._recent: deque[BatchRecord] = deque(maxlen=RECENT_BATCHES)
+        self._recent: deque[PrefilterBatch] = deque(maxlen=RECENT_BATCHES)
         self._call_ids = itertools.count()
         self.texts_embedded = 0
         self.labels_embedded = 0
@@ -107,7 +109,7 @@ class Prefilter:
         vectors = self.encoder.embed([item.text for item in items])  # blocking, see above
         self.texts_embedded += len(items)
         calls = len({item.call_id for item in items})
-        self._recent.append(BatchRecord(len(items), calls, time.perf_counter() - started))
+        self._recent.append(PrefilterBatch(len(items), calls, time.perf_counter() - started))
         return list(vectors)
 
     async def ping(self) -> None:

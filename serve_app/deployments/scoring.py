@@ -73,11 +73,11 @@ class Scorer:
             self.liveness.answered("Classifier")
         return result
 
-    async def check(self, request: PreparedRequest) -> None:
+    async def check_labels(self, request: PreparedRequest) -> None:
         """Raise the ClientError scoring this request's labels would raise (for jobs, which are
         validated whole at submission and scored later)."""
         with _shedding():
-            await self.classifier.check.remote(request)
+            await self.classifier.check_labels.remote(request)
 
     async def model_info(self) -> dict[str, Any]:
         with _shedding():

@@ -1,4 +1,4 @@
-"""The engine: one loaded NLI cross-encoder behind a backend, ready for batched scoring.
+"""The engine: one loaded NLI cross-encoder behind a backend, ready for batched pending.
 
 A request's path through it: `start` tokenizes its pairs (each text and hypothesis once) and
 answers what it can from the result cache; the pairs left go through `forward` (identical pairs
@@ -45,7 +45,7 @@ WARM_UP_SHAPES = ((16, 1), (64, 4), (128, 2))
 
 
 @dataclass
-class Scoring:
+class PendingScores:
     """One request in flight: its pairs, and the logits rows known so far (None: to compute)."""
 
     request: PreparedRequest
@@ -111,7 +111,7 @@ class Engine:
 
     # -- a request ----------------------------------------------------------------------------
 
-    def start(self, request: PreparedRequest) -> Scoring:
+    def start(self, request: PreparedRequest) -> PendingScores:
         """Tokenize the request's pairs and take what the result cache already knows.
 
         With long_text=chunk each text becomes its windows (serve_app/engine/windows.py), each
@@ -133,7 +133,7 @@ class Engine:
             # Every token of a chunked text is scored in some window: none is cut.
             encoded = EncodedRequest(encoded.pairs, truncated=[])
         if not self.cache.enabled:
-            return Scoring(request, encoded, [None] * len(encoded.pairs), None, counts)
+            return PendingScores(request, encoded, [None] * len(encoded.pairs), None, counts)
         # Keyed by the hypothesis itself, so a label's own hypothesis and a template that reads
         # the same share entries; a window is keyed by its own text.
         keys = [
@@ -141,30 +141,30 @@ class Engine:
             for digest, hyps, labels in zip(map(text_digest, texts), hyp_sets, label_sets)
             for hyp, label in zip(hyps, labels)
         ]
-        return Scoring(request, encoded, self.cache.get_many(keys), keys, counts)
+        return PendingScores(request, encoded, self.cache.get_many(keys), keys, counts)
 
-    def check(self, request: PreparedRequest) -> None:
+    def check_labels(self, request: PreparedRequest) -> None:
         """Raise the ClientError scoring would raise for the request's labels and template."""
         hyps = request.hypothesis_list()
         self.tokenizer.check_fit(hyps)
         if request.chunked:
             check_stride(self.tokenizer, hyps, request.chunk_stride)
 
-    def finish(self, scoring: Scoring, computed: Sequence[np.ndarray]) -> Classification:
+    def finish(self, pending: PendingScores, computed: Sequence[np.ndarray]) -> Classification:
         """Fill in the computed rows (in `todo` order), cache them, and score each text."""
-        known = list(scoring.rows)
+        known = list(pending.rows)
         missing = [i for i, row in enumerate(known) if row is None]
         for i, row in zip(missing, computed, strict=True):
             known[i] = row
-        if scoring.keys is not None:
-            self.cache.put_many([scoring.keys[i] for i in missing], computed)
+        if pending.keys is not None:
+            self.cache.put_many([pending.keys[i] for i in missing], computed)
         rows = [row for row in known if row is not None]  # all of them, now
-        request = scoring.request
+        request = pending.request
         logits = np.stack(rows) if rows else np.zeros((0, len(self.id2label)), np.float32)
         usage = None
         if request.top_k is not None:
             usage = PrefilterUsage(len(request.labels), request.scored_labels)
-        if scoring.windows is None:
+        if pending.windows is None:
             results = score_texts(
                 request.texts, request.label_sets(), logits, self.indices, request.multi_label
             )
@@ -172,7 +172,7 @@ class Engine:
             results = score_windows(
                 request.texts,
                 request.label_sets(),
-                scoring.windows,
+                pending.windows,
                 logits,
                 self.indices,
                 request.multi_label,
@@ -184,15 +184,15 @@ class Engine:
             model=self.name,
             results=results,
             pairs=len(rows),
-            truncated=scoring.encoded.truncated,
+            truncated=pending.encoded.truncated,
             random_weights=self.files.random_weights,
             prefilter=usage,
         )
 
     def classify(self, request: PreparedRequest) -> Classification:
         """A whole request, here and now (tests, benchmarks; the service batches `forward`)."""
-        scoring = self.start(request)
-        return self.finish(scoring, list(self.forward(scoring.todo)))
+        pending = self.start(request)
+        return self.finish(pending, list(self.forward(pending.todo)))
 
     # -- forward ------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ def usage(classification: Classification) -> dict[str, int]:
     return out
 
 
-def classify_body(classification: Classification) -> dict[str, Any]:
+def classify_response_body(classification: Classification) -> dict[str, Any]:
     """The body of `POST /v1/classify` (and of `handle.classify.remote`)."""
     body: dict[str, Any] = {
         "model": classification.model,

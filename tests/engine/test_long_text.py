@@ -161,7 +161,7 @@ def test_a_stride_that_leaves_no_progress_is_a_client_error(engine: Engine) -> N
         [LONG], LABELS, None, None, LimitsConfig(), long_text="chunk", chunk_stride=60
     )
     with pytest.raises(ClientError, match="chunk_stride=60 must be smaller"):
-        engine.check(request)
+        engine.check_labels(request)
     with pytest.raises(ClientError, match="chunk_stride=60 must be smaller"):
         engine.classify(request)
 

@@ -66,9 +66,9 @@ def test_small_token_budgets_split_batches_without_changing_scores(
 ) -> None:
     case = next(c for c in CASES if c.name == "many_texts")
     request = prepare_request(case.texts, case.labels, case.template, False, LimitsConfig())
-    scoring = engine.start(request)
+    pending = engine.start(request)
     results = engine.finish(
-        scoring, list(engine.forward(scoring.todo, max_batch_tokens=64))
+        pending, list(engine.forward(pending.todo, max_batch_tokens=64))
     ).results
     ref = as_list(reference(case.texts, **case.pipeline_kwargs()))
     assert_same_results([r.as_dict() for r in results], ref)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from serve_app.http.admission import admit
-from serve_app.http.render import classify_body
+from serve_app.http.render import classify_response_body
 from serve_app.http.routes.services import ServicesDep
 from serve_app.http.schemas import ClassifyRequest, ClassifyResponse
 
@@ -25,4 +25,4 @@ async def classify(
 ) -> Any:
     prepared = body.prepared(svc.config)
     await admit(svc.rate_limiter, request, response, prepared.pairs)
-    return classify_body(await svc.scorer.classify(prepared))
+    return classify_response_body(await svc.scorer.classify(prepared))

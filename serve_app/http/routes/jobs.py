@@ -55,7 +55,7 @@ async def submit_job(
     config = svc.config
     prepared = body.prepared(config)
     # Every label must fit the model's window now: a job runs later, and must not fail then.
-    await svc.scorer.check(prepared)
+    await svc.scorer.check_labels(prepared)
     if body.callback_url is not None:
         # Resolving the host is blocking DNS: keep it off the event loop.
         await run_in_threadpool(

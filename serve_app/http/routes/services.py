@@ -2,7 +2,7 @@
 
 `create_app` puts one `Services` on `app.state`; a route declares `svc: ServicesDep` and gets it.
 The Ray-backed scorer (`serve_app.deployments.scoring.Scorer`) and a scripted one in the tests
-both implement `Scoring`, so the HTTP edge runs in-process without Ray.
+both implement `ScoringService`, so the HTTP edge runs in-process without Ray.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from serve_app.http.forwarded import TrustedProxies
 from serve_app.http.middleware.auth import ApiKeys
 
 
-class Scoring(Protocol):
+class ScoringService(Protocol):
     """Scores a validated request: the prefilter when it applies, then the cross-encoder."""
 
     async def classify(self, request: PreparedRequest) -> Classification: ...
 
-    async def check(self, request: PreparedRequest) -> None: ...
+    async def check_labels(self, request: PreparedRequest) -> None: ...
 
     async def model_info(self) -> dict[str, Any]: ...
 
@@ -36,7 +36,7 @@ class Services:
     """What the routes need; one per ingress replica."""
 
     config: AppConfig
-    scorer: Scoring
+    scorer: ScoringService
     jobs: Any = None  # the JobRunner's handle; None when jobs.enabled is false
     rate_limiter: Admission | None = None  # None when rate_limit.enabled is false
     api_keys: ApiKeys = field(default_factory=lambda: ApiKeys({}))  # none: everything is open
