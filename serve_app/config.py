@@ -116,7 +116,7 @@ class ModelConfig(_Section):
     result_cache_entries: int = Field(
         0,
         ge=0,
-        description="LRU cache of model outputs keyed by (model, template, text, label), in "
+        description="LRU cache of model outputs keyed by (model, hypothesis, text, label), in "
         "entries (~200 bytes each); 0 = off. Repeated pairs then skip the model.",
     )
     max_length: int | None = Field(

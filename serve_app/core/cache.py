@@ -1,7 +1,7 @@
-"""A bounded cache of model outputs for (model, template, text, label).
+"""A bounded cache of model outputs for (model, hypothesis, text, label).
 
-The model's answer for one pair depends only on the model, the hypothesis (template + label)
-and the text, so a repeated pair can skip the forward. What is cached is the pair's logits row,
+The model's answer for one pair depends only on the model, the hypothesis (template + label, or
+the label's own) and the text, so a repeated pair can skip the forward. What is cached is the pair's logits row,
 not its score: scores depend on the other labels of the request (single-label softmax), logits
 do not. Keys hold a 128-bit digest of the text, so an entry costs about 200 bytes whatever the
 text's length.
@@ -25,8 +25,14 @@ def text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def cache_key(model: str, template: str, text: str, label: str) -> CacheKey:
-    return (model, template, text_digest(text), label)
+def cache_keys(
+    model: str, text: str, hypotheses: Sequence[str], labels: Sequence[str]
+) -> list[CacheKey]:
+    """The keys of one text's pairs, the ones the engine looks up. Keyed by the hypothesis
+    itself, not the template, so a label's own hypothesis and a template that reads the same
+    share an entry; the text's digest is taken once for all its labels."""
+    digest = text_digest(text)
+    return [(model, hyp, digest, label) for hyp, label in zip(hypotheses, labels, strict=True)]
 
 
 class ResultCache:

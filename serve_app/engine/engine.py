@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.config import ModelConfig
-from serve_app.core.cache import CacheKey, ResultCache, text_digest
+from serve_app.core.cache import CacheKey, ResultCache, cache_keys
 from serve_app.core.nli import nli_label_indices, score_texts, score_windows, with_predicted
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification, PrefilterUsage
@@ -134,12 +134,11 @@ class Engine:
             encoded = EncodedRequest(encoded.pairs, truncated=[])
         if not self.cache.enabled:
             return PendingScores(request, encoded, [None] * len(encoded.pairs), None, counts)
-        # Keyed by the hypothesis itself, so a label's own hypothesis and a template that reads
-        # the same share entries; a window is keyed by its own text.
+        # A window is keyed by its own text.
         keys = [
-            (self.name, hyp, digest, label)
-            for digest, hyps, labels in zip(map(text_digest, texts), hyp_sets, label_sets)
-            for hyp, label in zip(hyps, labels)
+            key
+            for text, hyps, labels in zip(texts, hyp_sets, label_sets)
+            for key in cache_keys(self.name, text, hyps, labels)
         ]
         return PendingScores(request, encoded, self.cache.get_many(keys), keys, counts)
 
