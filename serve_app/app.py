@@ -38,6 +38,14 @@ JOB_RUNNER_HEAD_SHARE = 0.001
 MIN_AUTO_CPUS = 0.5
 
 
+def node_cpus(ray_cpus: float | None) -> float:
+    """The CPUs to size a node's layout for: Ray's count for the node, never more than the cores
+    this process may run on (logical CPUs can be over-committed, as on a test cluster; threads
+    should not be); without Ray, the cores alone."""
+    cores = float(affinity_cpus())
+    return cores if ray_cpus is None else min(ray_cpus, cores)
+
+
 def machine_cpus() -> float:
     """The CPUs of the machine the app is built on, as Ray counts them when it runs there."""
     import ray
@@ -46,10 +54,8 @@ def machine_cpus() -> float:
         node = ray.get_runtime_context().get_node_id()
         for info in ray.nodes():
             if info.get("NodeID") == node and info.get("Alive"):
-                # Never more than the cores this process may run on: logical CPUs can be
-                # over-committed (a test cluster), threads should not be.
-                return float(min(info["Resources"].get("CPU", 1.0), affinity_cpus()))
-    return float(affinity_cpus())
+                return node_cpus(float(info["Resources"].get("CPU", 1.0)))
+    return node_cpus(None)
 
 
 def initial_replicas(scale: DeploymentScale) -> int:
@@ -59,15 +65,15 @@ def initial_replicas(scale: DeploymentScale) -> int:
     return scale.num_replicas if isinstance(scale.num_replicas, int) else 1
 
 
-def auto_classifier_cpus(config: AppConfig) -> float:
-    """`num_cpus: auto`: the machine's CPUs less what every other deployment the config enables
-    reserves (the ingress replicas, the prefilter's; the proxy and the job runner reserve
-    none), for one Classifier replica on a single machine."""
+def auto_classifier_cpus(config: AppConfig, cpus: float | None = None) -> float:
+    """`num_cpus: auto`: the machine's CPUs (`cpus`, else `machine_cpus()`) less what every
+    other deployment the config enables reserves (the ingress replicas, the prefilter's; the
+    proxy and the job runner reserve none), for one Classifier replica on a single machine."""
     others = config.ingress.num_cpus * initial_replicas(config.ingress)
     if config.prefilter.enabled:
         deployment = config.prefilter.deployment
         others += deployment.num_cpus * initial_replicas(deployment)
-    return max(MIN_AUTO_CPUS, machine_cpus() - others)
+    return max(MIN_AUTO_CPUS, (machine_cpus() if cpus is None else cpus) - others)
 
 
 def _resources(scale: DeploymentScale, num_cpus: float) -> dict[str, float]:
