@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ import httpx
 import ray
 from ray import serve
 
+from bench.common import loadavg
 from serve_app.app import build_app
 from serve_app.config import AppConfig, RateLimitConfig
 from serve_app.core.ratelimit import RateLimiter
@@ -309,7 +311,13 @@ def main() -> None:
 
     out = opts.out or RESULTS / f"bench_limiter-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {**summary, "options": {k: str(v) for k, v in vars(opts).items()}, "rounds": rounds}
+    report = {
+        **summary,
+        "command": " ".join(["python -m bench.bench_limiter", *sys.argv[1:]]),
+        "loadavg": loadavg(),
+        "options": {k: str(v) for k, v in vars(opts).items()},
+        "rounds": rounds,
+    }
     out.write_text(json.dumps(report, indent=2))
     print(f"  written to {out}")
 

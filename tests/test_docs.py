@@ -162,3 +162,20 @@ def test_image_tags_in_the_docs_and_k8s_are_the_package_version() -> None:
     assert tags, "no zsc:X.Y.Z image tag found: the check below would be vacuous"
     stale = {(name, tag) for name, tag in tags if tag != __version__}
     assert not stale, f"image tags that are not the package version {__version__}: {stale}"
+
+
+# A rate or a ratio (3.4x, 1,200 pairs/s, 18,000 ... a second) is a measurement; in README.md
+# each one cites its results file (FIGURE above). Multiplications ("1 x 8") have a space.
+MEASURED = re.compile(
+    r"(?<![\w.,])\d[\d,]*(?:\.\d+)?"
+    r"(?:x\b|\s?(?:\w+)?/s\b|\s(?:\w+\s)?(?:a|per) second\b)"
+    r"(?!\s*<!--\s*figure)"
+)
+
+
+def test_every_rate_or_ratio_in_the_readme_cites_its_results_file() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # commands and outputs
+    text = CODE_SPAN.sub("``", text)  # names and values, not figures
+    uncited = [" ".join(m.group(0).split()) for m in MEASURED.finditer(text)]
+    assert not uncited, f"README.md quotes figures no results file backs: {uncited}"
