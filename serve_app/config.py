@@ -585,7 +585,20 @@ class IngressScale(DeploymentScale):
     """The Ingress deployment: light (HTTP, validation, the limiter call), many requests each."""
 
     num_cpus: float = Field(0.25, ge=0, description="CPUs Ray reserves per replica.")
-    max_ongoing_requests: int = Field(256, ge=1)
+    # Overload is shed here, in zsc's JSON (docs/OPERATIONS.md, "Overload"): the bound on pairs
+    # under way sets what an admitted request waits behind.
+    max_scoring_pairs: int = Field(
+        512,
+        ge=0,
+        description="Pairs (texts x labels) one ingress replica may have in scoring at once; a "
+        "request that would pass it is answered 503 `overloaded` with Retry-After at once (one "
+        "request is always admitted when none is under way). Size it to a few batches of the "
+        "Classifier replicas behind each ingress: what an admitted request may wait behind. "
+        "0 = unbounded.",
+    )
+    # High, so the ingress (which answers in JSON) and not Serve's proxy (plain text) meets an
+    # overflow: a refusal takes the ingress ~1 ms, so even a flood is refused as it arrives.
+    max_ongoing_requests: int = Field(1024, ge=1)
     # Unbounded by default: an ingress overflow is answered by Serve's proxy, in plain text
     # (ray.serve._private.http_util), not in zsc's JSON envelope. The ingress is fast (it only
     # validates and awaits), so the shedding happens at the Classifier, where zsc answers.
