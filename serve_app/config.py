@@ -586,13 +586,13 @@ class IngressScale(DeploymentScale):
 
     num_cpus: float = Field(0.25, ge=0, description="CPUs Ray reserves per replica.")
     # Overload is shed here, in zsc's JSON (docs/OPERATIONS.md, "Overload"): the pairs under
-    # way are what an admitted request waits behind. 256 is about one batch of max_batch_tokens
-    # for short texts: ~0.1 s for the tiny model here, ~20 s for the full-size model on this
-    # 2-core CPU (12.5 pairs/s), inside request_timeout_s; 512 doubled admitted latency at 4x
-    # load (docs/PERFORMANCE.md, "Overload"). Serve's own queues count requests, whatever
-    # their size.
+    # way are what an admitted request waits behind. 512 is one or two batches of
+    # max_batch_tokens for short texts: ~0.2 s for the tiny model here, ~40 s for the full-size
+    # model on this 2-core CPU (12.5 pairs/s), inside request_timeout_s. 256 halved admitted
+    # latency at 4x load but refused bursts at 0.8x and a lone `zsc batch` client at its
+    # defaults (docs/PERFORMANCE.md, "Overload"). Serve's queues count requests, not pairs.
     max_scoring_pairs: int = Field(
-        256,
+        512,
         ge=0,
         description="Pairs (texts x labels) one ingress replica may have in scoring at once; a "
         "request that would pass it is answered 503 `overloaded` with Retry-After at once (one "
