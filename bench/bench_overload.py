@@ -4,7 +4,8 @@ the app sustains, against 0.8x.
     .venv/bin/python -m bench.bench_overload [--model DIR] [--seconds 30] [--out PATH]
 
 Deploys `build_app` with the default configuration (one Classifier replica with `num_cpus:
-auto`, `classifier.max_queued_requests` and `request_timeout_s` at their defaults) on a fresh
+auto`, `ingress.max_scoring_pairs`, `classifier.max_queued_requests` and `request_timeout_s` at
+their defaults) on a fresh
 local Ray, on the tiny random test model unless `--model` names another (the tiny model makes
 the ingress and Serve's routing the bottleneck rather than the forward, which is the harder case
 for shedding: each refusal costs nearly what an admission does). Then, in the same run:
@@ -13,7 +14,8 @@ for shedding: each refusal costs nearly what an admission does). Then, in the sa
 3. 4x: an open loop at 4 R for `--seconds`.
 The load generator (aiohttp, this process) shares the machine's cores with Ray. Writes, per
 phase, admitted requests' p50/p99 latency, refused requests' median time to answer, and the
-count of responses by status (and how many were not JSON) to `--out`
+count of responses by status (and how many were not JSON), and what `GET /healthz` answered,
+polled every 0.5 s meanwhile, to `--out`
 (default bench/results/overload.json). Serve's proxy runs with `request_timeout_s` 10 s above the
 app's, as docs/OPERATIONS.md advises.
 """
@@ -77,6 +79,7 @@ def summarize(answers: list[tuple[int, float, bool]], seconds: float) -> dict[st
         "admitted_p50_s": percentile(admitted, 0.5),
         "admitted_p99_s": percentile(admitted, 0.99),
         "refused_median_s": statistics.median(refused) if refused else None,
+        "refused_p90_s": percentile(refused, 0.9),
         "by_status": dict(Counter(str(status) for status, _, _ in answers)),
         "not_json": sum(1 for status, _, is_json in answers if status != 200 and not is_json),
     }
@@ -97,10 +100,35 @@ async def closed_loop(url: str, seconds: float) -> dict[str, Any]:
         return summarize(answers, time.perf_counter() - started)
 
 
+async def poll_health(url: str, stop: asyncio.Event) -> dict[str, Any]:
+    """GET /healthz every 0.5 s until `stop`: statuses and the slowest answer."""
+    health_url = url.rsplit("/v1/", 1)[0] + "/healthz"
+    statuses: Counter[str] = Counter()
+    times: list[float] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                async with session.get(health_url) as response:
+                    await response.read()
+                    statuses[str(response.status)] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                statuses["-1"] += 1
+            times.append(time.perf_counter() - started)
+            await asyncio.sleep(0.5)
+    return {
+        "by_status": dict(statuses),
+        "p50_s": percentile(times, 0.5),
+        "max_s": max(times) if times else None,
+    }
+
+
 async def open_loop(url: str, rate: float, seconds: float) -> dict[str, Any]:
     """Send `rate` requests per second at fixed intervals for `seconds`, whatever comes back."""
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=600)
+    stop = asyncio.Event()
+    health = asyncio.create_task(poll_health(url, stop))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = []
         started = time.perf_counter()
@@ -113,13 +141,15 @@ async def open_loop(url: str, rate: float, seconds: float) -> dict[str, Any]:
         done, pending = await asyncio.wait(tasks, timeout=DRAIN_S)
         for task in pending:
             task.cancel()
+    stop.set()
     result = summarize([task.result() for task in done], sent_s)
+    result["healthz"] = await health
     result["offered_per_s"] = round(rate, 1)
     result["no_answer_within_drain"] = len(pending)
     return result
 
 
-def deploy(model: Path, ingress_max_queued: int) -> str:
+def deploy(model: Path, ingress_max_queued: int, max_scoring_pairs: int | None) -> str:
     import ray
     from ray import serve
 
@@ -132,7 +162,8 @@ def deploy(model: Path, ingress_max_queued: int) -> str:
     config = AppConfig(
         model=str(model),
         jobs={"db_path": str(Path(tempfile.mkdtemp()) / "j.db")},
-        ingress={"max_queued_requests": ingress_max_queued},
+        ingress={"max_queued_requests": ingress_max_queued}
+        | ({} if max_scoring_pairs is None else {"max_scoring_pairs": max_scoring_pairs}),
     )
     # As docs/OPERATIONS.md ("Overload") says: the proxy's bound at or above the app's.
     proxy_timeout = (config.request_timeout_s or 0) + 10 or None
@@ -156,6 +187,12 @@ def main() -> None:
         help="ingress.max_queued_requests (default -1, zsc's default: unbounded); bounded, "
         "Serve's proxy refuses the overflow itself, in plain text",
     )
+    parser.add_argument(
+        "--max-scoring-pairs",
+        type=int,
+        default=None,
+        help="ingress.max_scoring_pairs (default: zsc's default; 0 = unbounded)",
+    )
     args = parser.parse_args()
     if args.light:
         BODY.clear()
@@ -165,7 +202,8 @@ def main() -> None:
         from serve_app.devtools.test_models import build_test_model
 
         model = build_test_model(Path(tempfile.mkdtemp()) / "tiny")
-    url = deploy(model, args.ingress_max_queued)
+    loadavg_before = os.getloadavg()
+    url = deploy(model, args.ingress_max_queued, args.max_scoring_pairs)
     asyncio.run(closed_loop(url, 3.0))  # warm: the first requests after "ready" are slow
     sustainable = asyncio.run(closed_loop(url, 10.0))
     rate = sustainable["admitted_per_s"]
@@ -183,8 +221,13 @@ def main() -> None:
         "classifier_max_queued_requests": defaults.classifier.max_queued_requests,
         "classifier_max_ongoing_requests": defaults.classifier.max_ongoing_requests,
         "request_timeout_s": defaults.request_timeout_s,
+        "ingress_max_scoring_pairs": defaults.ingress.max_scoring_pairs
+        if args.max_scoring_pairs is None
+        else args.max_scoring_pairs,
+        "ingress_max_ongoing_requests": defaults.ingress.max_ongoing_requests,
         "ingress_max_queued_requests": args.ingress_max_queued,
         "cpus": os.cpu_count(),
+        "loadavg_before": loadavg_before,
         "loadavg_after": os.getloadavg(),
         "sustainable": sustainable,
         "load_0.8x": light,

@@ -598,10 +598,10 @@ class ClassifierScale(DeploymentScale):
         "them. auto = this machine's CPUs less what the ingress reserves: one replica using "
         "every core (the single-machine default; give a number on a cluster).",
     )
-    # Overload is shed here, where the ingress catches Serve's BackPressureError and answers
-    # its own JSON 503 with Retry-After (docs/OPERATIONS.md, "Overload"). 64 queued beside 64
-    # ongoing is ~1.4 s of work for the tiny model at ~90 requests/s here, and what a 5-label
-    # request costs on the full-size CPU model in ~50 s: below request_timeout_s either way.
+    # A backstop behind ingress.max_scoring_pairs (which sheds first) and the job runner's
+    # bound: past it the ingress catches Serve's BackPressureError and answers its own JSON 503
+    # with Retry-After (docs/OPERATIONS.md, "Overload"); it refuses a flood of tiny requests
+    # that the pair bound would let through.
     max_queued_requests: int = Field(
         64,
         ge=-1,
@@ -615,16 +615,33 @@ class IngressScale(DeploymentScale):
     """The Ingress deployment: light (HTTP, validation, the limiter call), many requests each."""
 
     num_cpus: float = Field(0.25, ge=0, description="CPUs Ray reserves per replica.")
-    max_ongoing_requests: int = Field(256, ge=1)
+    # Overload is shed here, in zsc's JSON (docs/OPERATIONS.md, "Overload"): the pairs under
+    # way are what an admitted request waits behind. 512 is one or two batches of
+    # max_batch_tokens for short texts: ~0.2 s for the tiny model here, ~40 s for the full-size
+    # model on this 2-core CPU (12.5 pairs/s), inside request_timeout_s. 256 halved admitted
+    # latency at 4x load but refused bursts at 0.8x and a lone `zsc batch` client at its
+    # defaults (docs/PERFORMANCE.md, "Overload"). Serve's queues count requests, not pairs.
+    max_scoring_pairs: int = Field(
+        512,
+        ge=0,
+        description="Pairs (texts x labels) one ingress replica may have in scoring at once; a "
+        "request that would pass it is answered 503 `overloaded` with Retry-After at once (one "
+        "request is always admitted when none is under way). Size it to a few batches of the "
+        "Classifier replicas behind each ingress: what an admitted request may wait behind. "
+        "0 = unbounded.",
+    )
+    # High, so the ingress (which answers in JSON) and not Serve's proxy (plain text) meets an
+    # overflow: a refusal takes the ingress ~1 ms, so even a flood is refused as it arrives.
+    max_ongoing_requests: int = Field(1024, ge=1)
     # Unbounded by default: an ingress overflow is answered by Serve's proxy, in plain text
-    # (ray.serve._private.http_util), not in zsc's JSON envelope. The ingress is fast (it only
-    # validates and awaits), so the shedding happens at the Classifier, where zsc answers.
+    # (ray.serve._private.http_util), not in zsc's JSON envelope; the ingress refuses in JSON
+    # itself (max_scoring_pairs), so the proxy should never need to.
     max_queued_requests: int = Field(
         -1,
         ge=-1,
         description="Requests the proxy may queue per ingress beyond max_ongoing_requests per "
         "replica; -1 = unbounded (the default: Serve's proxy answers this overflow in plain "
-        "text, with Retry-After: 1; the Classifier's queue is where zsc sheds load in JSON).",
+        "text, with Retry-After: 1; the ingress sheds load in JSON by max_scoring_pairs).",
     )
 
 

@@ -45,6 +45,16 @@ def test_config_validates_against_serve_and_app_args(path: Path) -> None:
     AppConfig.model_validate(app.args)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_the_proxy_waits_longer_than_the_app(path: Path) -> None:
+    # Serve's proxy answers its own timeout in plain text: zsc's JSON 504 must come first.
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app_timeout = AppConfig.model_validate(schema.applications[0].args).request_timeout_s
+    proxy_timeout = schema.http_options.request_timeout_s
+    assert app_timeout is not None and proxy_timeout is not None
+    assert proxy_timeout > app_timeout
+
+
 def test_gpu_config_shares_one_gpu_in_quarters_at_fp16() -> None:
     args = yaml.safe_load((ROOT / "configs/serve_config_gpu.yaml").read_text())["applications"][0][
         "args"

@@ -14,6 +14,7 @@ from serve_app.http.errors import install_error_handlers
 from serve_app.http.middleware.auth import install_auth
 from serve_app.http.middleware.body_guard import BodyGuard
 from serve_app.http.middleware.deadline import RequestDeadline
+from serve_app.http.middleware.overload import RefuseWhenFull
 from serve_app.http.middleware.tracing import TraceRequests
 from serve_app.http.routes import classify, hf, jobs, meta
 from serve_app.http.routes.services import Services
@@ -34,6 +35,11 @@ def create_app(svc: Services) -> FastAPI:
         max_json_depth=svc.config.limits.max_json_depth,
         body_timeout_s=svc.config.limits.body_timeout_s,
     )
+    if svc.inflight.max_pairs:
+        # Before the body is read: under a flood most requests are refused, and cheaply.
+        app.add_middleware(
+            RefuseWhenFull, inflight=svc.inflight, paths=frozenset({"/v1/classify", *hf.ROUTES})
+        )
     # Last added runs first: a caller without a key never gets its body read.
     install_auth(app, svc.api_keys)
     if tracing.enabled():

@@ -1,7 +1,9 @@
-"""Overload on a live app: one Classifier replica with a tiny queue, driven far past its capacity
-over HTTP. What cannot be queued is refused at once with a JSON 503 and Retry-After on every
-scoring route (zsc's own, Hugging Face's, job submission); nothing is a 500 or plain text; the
-health check answers throughout; and every admitted request is scored exactly as when idle.
+"""Overload on a live app: one Classifier replica with a tiny queue behind an ingress that admits
+64 pairs at a time, driven far past its capacity over HTTP. What cannot be admitted is refused at
+once with a JSON 503 and Retry-After on every scoring route: zsc's own and Hugging Face's by the
+ingress's bound (`ingress.max_scoring_pairs`), job submission (whose label check is not bounded
+there) by the Classifier's queue; nothing is a 500 or plain text; the health check answers
+throughout; and every admitted request is scored exactly as when idle.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+
+from serve_app.core.inflight import SCORING_FULL_MESSAGE
 
 pytestmark = pytest.mark.ray
 
@@ -40,6 +44,8 @@ def url(deploy_app) -> str:
     return deploy_app(
         "overload",
         classifier={"num_cpus": 0.5, "max_ongoing_requests": 2, "max_queued_requests": 2},
+        # One /v1/classify request (8 x 8 pairs) or two Hugging Face ones (4 x 8) at a time.
+        ingress={"max_scoring_pairs": 64},
     )
 
 
@@ -103,6 +109,10 @@ def test_overload_is_refused_in_json_and_admitted_requests_are_exact(url: str) -
         assert answer.headers["retry-after"] == "1"
         body = httpx.Response(503, content=answer.text).json()
         assert body["error"]["type"] == "overloaded", body
+    # The scoring routes meet the ingress's bound (job checks fill the Classifier's queue too,
+    # so some of theirs meet that instead); job submission only the Classifier's queue.
+    by_bound = Counter(a.route for a in refused if SCORING_FULL_MESSAGE in a.text)
+    assert by_bound["/v1/classify"] and by_bound["/"] and not by_bound["/v1/jobs"], by_bound
     assert health and set(health) == {200}, Counter(health)
 
     for answer in answers:

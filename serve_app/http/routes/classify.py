@@ -24,5 +24,8 @@ async def classify(
     body: ClassifyRequest, request: Request, response: Response, svc: ServicesDep
 ) -> Any:
     prepared = body.prepared(svc.config)
-    await admit(svc.rate_limiter, request, response, prepared.pairs)
-    return classify_response_body(await svc.scorer.classify(prepared))
+    # Overload first: a request refused for it costs the caller no rate-limit tokens.
+    with svc.inflight.hold(prepared.pairs):
+        await admit(svc.rate_limiter, request, response, prepared.pairs)
+        classification = await svc.scorer.classify(prepared)
+    return classify_response_body(classification)

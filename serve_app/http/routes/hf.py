@@ -166,8 +166,10 @@ async def predict(body: HFRequest, request: Request, response: Response, svc: Se
         threshold=params.threshold,
         defaults=config.request_defaults(),
     )
-    await admit(svc.rate_limiter, request, response, prepared.pairs)
-    classification = await svc.scorer.classify(prepared)
+    # Overload first: a request refused for it costs the caller no rate-limit tokens.
+    with svc.inflight.hold(prepared.pairs):
+        await admit(svc.rate_limiter, request, response, prepared.pairs)
+        classification = await svc.scorer.classify(prepared)
     if classification.warning is not None:
         response.headers[WARNING_HEADER] = classification.warning
     return hf_body(classification, isinstance(body.inputs, str))

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from serve_app.config import AppConfig
 from serve_app.core.health import Liveness
+from serve_app.core.inflight import InflightPairs
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.http.admission import Admission
@@ -43,9 +44,12 @@ class Services:
     # The deployments /healthz checks (the scorer's, the job runner); empty: ready at once.
     liveness: Liveness = field(default_factory=Liveness)
     proxies: TrustedProxies = field(init=False)  # config.trusted_proxies, parsed once
+    # Pairs this replica has in scoring (ingress.max_scoring_pairs): overload is refused here.
+    inflight: InflightPairs = field(init=False)
 
     def __post_init__(self) -> None:
         self.proxies = TrustedProxies(self.config.trusted_proxies)
+        self.inflight = InflightPairs(self.config.ingress.max_scoring_pairs)
 
 
 def get_services(request: Request) -> Services:
