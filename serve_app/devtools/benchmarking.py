@@ -128,12 +128,14 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def _stat(pid: str) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a process, from /proc (Linux)."""
+    """(parent pid, CPU seconds) of a process and its ended children, from /proc (Linux)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+    # Its own time and that of its children it has waited for: a subprocess or a Ray worker
+    # that ended during a measurement still counts.
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / _TICK
 
 
 def tree_cpu_seconds(root: int | None = None) -> float:
