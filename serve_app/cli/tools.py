@@ -94,6 +94,11 @@ def hash_key_command(
 
 
 def bench_command(
+    suite: str = typer.Argument(
+        "service",
+        help="service: the service against its peers (bench/bench.py); bulk: zsc bulk against "
+        "a raw batched forward and the jobs API (bench/bench_bulk.py).",
+    ),
     quick: bool = typer.Option(
         False, "--quick", help="A small run (under 2 minutes on an idle machine)."
     ),
@@ -103,9 +108,15 @@ def bench_command(
     out: Path | None = typer.Option(
         None, "--out", help="Directory for JSON, Markdown and PNG (default: bench/results)."
     ),
+    rows: int | None = typer.Option(
+        None, "--rows", min=2, help="bulk: texts in the workload (default: bench_bulk.py's)."
+    ),
 ) -> None:
-    """Benchmark the service against its peers and a raw batched forward (`python -m bench`;
-    minutes). Runs from a source checkout, where bench/ lies beside serve_app/."""
+    """Benchmark the service against its peers and a raw batched forward (`python -m bench`),
+    or `zsc bulk` (`zsc bench bulk`); minutes. Runs from a source checkout, where bench/ lies
+    beside serve_app/."""
+    if suite not in ("service", "bulk"):
+        raise fail(f"the benchmark is service or bulk, not {suite!r}")
     if backend not in ("torch", "int8", "onnx", "onnx-int8"):
         raise fail(f"--backend must be torch, int8, onnx or onnx-int8, not {backend!r}")
     checkout = Path(__file__).resolve().parents[2]
@@ -114,13 +125,18 @@ def bench_command(
             f"no bench/ beside {checkout / 'serve_app'}",
             "zsc bench runs from a source checkout (pip install -e .)",
         )
-    argv = [
-        sys.executable,
-        "-m",
-        "bench",
-        "--backend",
-        backend,
-        *(["--quick"] if quick else []),
-        *(["--out", str(out)] if out else []),
-    ]
+    if suite == "bulk":
+        # --quick: 100 rows, enough to check it works (the actors' start dominates).
+        count = rows or (100 if quick else None)
+        argv = [sys.executable, "-m", "bench", "bulk", *(["--rows", str(count)] if count else [])]
+    else:
+        argv = [
+            sys.executable,
+            "-m",
+            "bench",
+            "--backend",
+            backend,
+            *(["--quick"] if quick else []),
+        ]
+    argv += ["--out", str(out)] if out else []
     raise typer.Exit(subprocess.call(argv, cwd=checkout))

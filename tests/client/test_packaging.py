@@ -1,5 +1,6 @@
 """`pip install .` is the light client: in a fresh virtual environment it gives the HTTP client,
-the file-batch command and the `zsc` CLI, without torch, Ray or transformers."""
+the file-batch command and the `zsc` CLI, without torch, Ray or transformers; the server-side
+commands (`zsc export`, `zsc bulk`) say what to install instead."""
 
 from __future__ import annotations
 
@@ -71,6 +72,16 @@ def test_the_handle_helpers_say_they_need_the_serve_extra(light_env: Path) -> No
     exported = run(light_env, "zsc", "export", "onnx", str(ROOT))
     assert exported.returncode == 1
     assert "zsc[serve,onnx]" in exported.stderr and "Traceback" not in exported.stderr
+
+
+def test_bulk_in_the_light_install_says_how_to_get_it(light_env: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "the match ended in a draw"}\n')
+    done = run(light_env, "zsc", "bulk", str(source), str(tmp_path / "out"), "--labels", "a,b")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'zsc[serve]'" in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_dev_environment_has_the_extras() -> None:
