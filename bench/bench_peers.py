@@ -18,14 +18,18 @@ latency of:
                 tokenizer's separator (`text</s></s>hypothesis` for RoBERTa: the run checks that
                 it gives the pair's ids), serving a copy whose config says problem_type
                 "regression", so infinity's text-classification pipeline returns raw logits;
+  inf-rerank-int8  the same with infinity's `--dtype int8` (torch's dynamic quantisation of the
+                Linear layers on its batches as they come: a pair's scores then depend on its
+                batch neighbours, which zsc's int8 avoids by running one pair per forward);
   st-crossenc   sentence-transformers `CrossEncoder.predict`, in-process;
   hf-pipeline   transformers' zero-shot pipeline, in-process: also the reference scores.
 
 In-process libraries have no clients: "1 client" is one call per text, one after another, and
 "16 clients" is their best case, the whole workload in one call (CrossEncoder.predict over every
 pair, batch_size=32, which sorts by length; the pipeline one streaming call per label set,
-batch_size=32), which no server sees. Every contender's scores are checked against the
-pipeline's (one call per text) before its speed counts; the table records the largest
+batch_size=32), which no server sees. "1 client" runs every third text (one at a time is the
+slow part), "16 clients" every text. Every contender's scores are checked against the
+pipeline's (its batched run, first) before its speed counts; the table records the largest
 difference. infinity is installed into its own virtual environment (.zsc/peers-venv, reused;
 it pins numpy<2 and transformers<5, which conflict with ours), with torch==2.13.0 first so pip
 takes the CPU build, and is started and stopped by this script on a free local port.
@@ -105,13 +109,18 @@ FAST_BACKENDS = {  # bench/results/int8.json's summary names -> zsc's backend se
 
 @dataclass(frozen=True)
 class Plan:
-    """Sized on this 2-core machine (about 10 pairs/s for an fp32 contender) so the whole run,
-    servers' starts included, takes about 10 minutes (default) or 3 (quick)."""
+    """Sized for this 2-core machine: 45 texts (180 pairs; 1 client: 15 texts, 60 pairs) take
+    about 10 minutes, servers' starts included, at a load average of a few; the quick plan about
+    a third of that. Under a load average of 30-60 (other sessions) they took 2-3x longer."""
 
     texts: int  # 4 pairs per text on average (LABEL_MIX): 15 texts are 60 pairs
+    one_client_every: int  # 1 client runs every n-th text
 
 
-PLANS = {"default": Plan(texts=60), "quick": Plan(texts=15)}
+PLANS = {
+    "default": Plan(texts=45, one_client_every=3),
+    "quick": Plan(texts=15, one_client_every=3),
+}
 
 
 # -- measurement ------------------------------------------------------------------------------
@@ -146,40 +155,53 @@ class Measurement:
 @dataclass
 class Run:
     items: list[Item]
+    one_client_every: int  # 1 client runs every n-th text: one at a time is the slow part
     reference: dict[str, np.ndarray] = field(default_factory=dict)  # text -> pipeline scores
     measurements: list[Measurement] = field(default_factory=list)
-    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # contender -> text
+    # (contender, clients) -> text -> scores in the item's label order
+    scores: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
 
-    def keep(self, contender: str, item: Item, scores: Sequence[float]) -> None:
-        """A contender's scores for one text, in the item's label order."""
-        self.scores.setdefault(contender, {})[item.text] = np.asarray(scores, dtype=np.float64)
+    def workload(self, clients: int) -> list[Item]:
+        return self.items if clients > 1 else self.items[:: self.one_client_every]
+
+    def keep(self, contender: str, clients: int, item: Item, scores: Sequence[float]) -> None:
+        self.scores.setdefault((contender, clients), {})[item.text] = np.asarray(
+            scores, dtype=np.float64
+        )
 
 
 Scorer = Callable[[Item], Awaitable[list[float]]]
 
 
-def measure_online(run: Run, contender: str, score: Scorer, clients: int) -> Measurement:
+def measure_online(run: Run, contender: str, score: Scorer, clients: int) -> None:
     """`clients` closed-loop callers over the workload, one text per request."""
 
     async def send(item: Item) -> bool:
         scores = await score(item)
-        run.keep(contender, item, scores)
+        run.keep(contender, clients, item, scores)
         return len(scores) == len(item.labels)
 
     before = loadavg()
-    wall, latencies, pairs, errors = asyncio.run(closed_loop(send, run.items, clients))
-    m = Measurement(contender, clients, pairs, wall, latencies, errors, before, loadavg())
+    wall, latencies, pairs, errors = asyncio.run(closed_loop(send, run.workload(clients), clients))
+    run.measurements.append(
+        Measurement(contender, clients, pairs, wall, latencies, errors, before, loadavg())
+    )
     log(f"  {contender}, {clients} client(s): {pairs / wall:.2f} pairs/s, {errors} errors")
-    run.measurements.append(m)
-    return m
 
 
 def measure_offline(
-    run: Run, contender: str, clients: int, body: Callable[[], tuple[float, list[float]]]
+    run: Run,
+    contender: str,
+    clients: int,
+    body: Callable[[list[Item]], tuple[float, list[float], list[list[float]]]],
 ) -> None:
+    """An in-process library: body scores the items and returns (wall, latencies, scores)."""
+    items = run.workload(clients)
     before = loadavg()
-    wall, latencies = body()
-    pairs = sum(len(i.labels) for i in run.items)
+    wall, latencies, scores = body(items)
+    for item, item_scores in zip(items, scores):
+        run.keep(contender, clients, item, item_scores)
+    pairs = sum(len(i.labels) for i in items)
     run.measurements.append(
         Measurement(contender, clients, pairs, wall, latencies, 0, before, loadavg())
     )
@@ -194,36 +216,38 @@ def hypotheses(item: Item) -> list[str]:
 
 
 def measure_pipeline(run: Run, model_dir: Path) -> None:
-    """transformers' zero-shot pipeline: its one-call-per-text scores are the reference."""
+    """transformers' zero-shot pipeline. Its scores of the batched run (every text, first) are
+    the reference the other contenders are checked against."""
     from transformers import pipeline
 
     pipe = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
     pipe(run.items[0].text, candidate_labels=list(run.items[0].labels))  # first call is slow
 
-    def one_by_one() -> tuple[float, list[float]]:
-        latencies = []
+    def in_order(item: Item, out: dict[str, Any]) -> list[float]:
+        by_label = dict(zip(out["labels"], out["scores"]))
+        return [by_label[label] for label in item.labels]
+
+    def offline(items: list[Item]) -> tuple[float, list[float], list[list[float]]]:
+        outputs: dict[int, Any] = {}
+        wall, latencies = run_pipeline(pipe, items, BATCH_SIZE, outputs)
+        scores = [in_order(item, outputs[i]) for i, item in enumerate(items)]
+        run.reference.update((i.text, np.asarray(s)) for i, s in zip(items, scores))
+        return wall, latencies, scores
+
+    def one_by_one(items: list[Item]) -> tuple[float, list[float], list[list[float]]]:
+        latencies, scores = [], []
         started = now()
-        for item in run.items:
+        for item in items:
             begin = now()
             out = pipe(
                 item.text, candidate_labels=list(item.labels), hypothesis_template=DEFAULT_TEMPLATE
             )
             latencies.append(now() - begin)
-            by_label = dict(zip(out["labels"], out["scores"]))
-            run.reference[item.text] = np.asarray([by_label[lb] for lb in item.labels])
-            run.keep("hf-pipeline", item, run.reference[item.text])
-        return now() - started, latencies
+            scores.append(in_order(item, out))
+        return now() - started, latencies, scores
 
-    def offline() -> tuple[float, list[float]]:
-        outputs: dict[int, Any] = {}
-        result = run_pipeline(pipe, run.items, BATCH_SIZE, outputs)
-        for i, out in outputs.items():
-            by_label = dict(zip(out["labels"], out["scores"]))
-            run.keep("hf-pipeline@16", run.items[i], [by_label[lb] for lb in run.items[i].labels])
-        return result
-
-    measure_offline(run, "hf-pipeline", 1, one_by_one)
     measure_offline(run, "hf-pipeline", 16, offline)
+    measure_offline(run, "hf-pipeline", 1, one_by_one)
 
 
 def measure_cross_encoder(run: Run, model_dir: Path, entailment: int) -> str:
@@ -235,32 +259,32 @@ def measure_cross_encoder(run: Run, model_dir: Path, entailment: int) -> str:
     model = CrossEncoder(str(model_dir), device="cpu", activation_fn=torch.nn.Identity())
     model.predict([(run.items[0].text, "This example is x.")])
 
-    def one_by_one() -> tuple[float, list[float]]:
-        latencies = []
+    def one_by_one(items: list[Item]) -> tuple[float, list[float], list[list[float]]]:
+        latencies, scores = [], []
         started = now()
-        for item in run.items:
+        for item in items:
             begin = now()
             logits = model.predict(
                 [(item.text, h) for h in hypotheses(item)], batch_size=BATCH_SIZE
             )
             latencies.append(now() - begin)
-            run.keep("st-crossenc", item, single_label_scores(np.asarray(logits)[:, entailment]))
-        return now() - started, latencies
+            scores.append(list(single_label_scores(np.asarray(logits)[:, entailment])))
+        return now() - started, latencies, scores
 
-    def offline() -> tuple[float, list[float]]:
-        pairs = [(item.text, h) for item in run.items for h in hypotheses(item)]
+    def offline(items: list[Item]) -> tuple[float, list[float], list[list[float]]]:
+        pairs = [(item.text, h) for item in items for h in hypotheses(item)]
         started = now()
         logits = np.asarray(model.predict(pairs, batch_size=BATCH_SIZE))
         wall = now() - started
-        start = 0
-        for item in run.items:
+        scores, start = [], 0
+        for item in items:
             rows = logits[start : start + len(item.labels), entailment]
-            run.keep("st-crossenc@16", item, single_label_scores(rows))
+            scores.append(list(single_label_scores(rows)))
             start += len(item.labels)
-        return wall, [wall] * len(run.items)  # every text is answered when the call returns
+        return wall, [wall] * len(items), scores  # every text is answered when the call returns
 
-    measure_offline(run, "st-crossenc", 1, one_by_one)
     measure_offline(run, "st-crossenc", 16, offline)
+    measure_offline(run, "st-crossenc", 1, one_by_one)
     return str(sentence_transformers.__version__)
 
 
@@ -302,7 +326,9 @@ def scorer_for(make: Callable[[Any], Scorer], clients: int) -> Scorer:
     return score
 
 
-def measure_infinity(run: Run, url: str, joiner: str, entailment: int) -> None:
+def measure_infinity(run: Run, url: str, joiner: str, routes: dict[str, str]) -> None:
+    """Each contender in routes ({contender: "rerank" | "classify"}) at 1 and 16 clients, after
+    two warm-up requests (a process's first forwards are slow)."""
     import httpx
 
     def rerank(client: httpx.AsyncClient) -> Scorer:
@@ -339,12 +365,22 @@ def measure_infinity(run: Run, url: str, joiner: str, entailment: int) -> None:
 
         return score
 
-    for name, make in (("inf-rerank", rerank), ("inf-classify", classify)):
+    makers = {"rerank": rerank, "classify": classify}
+    for name, route in routes.items():
+        make = makers[route]
+
+        async def warm(make: Callable[[Any], Scorer] = make) -> None:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(900.0)) as client:
+                for item in run.items[:2]:
+                    await make(client)(item)
+
+        asyncio.run(warm())
         for clients in CLIENTS:
             measure_online(run, name, scorer_for(make, clients), clients)
 
 
 ENTAILMENT_NAME = ["entailment"]  # set from the model's label map in main
+INFINITY_FP32_ROUTES = {"inf-rerank": "rerank", "inf-classify": "classify"}
 
 
 # -- infinity's venv and server ---------------------------------------------------------------
@@ -382,13 +418,19 @@ class Infinity:
     log_path: Path
 
     @classmethod
-    def start(cls, venv: Path, entail_dir: Path, nli_dir: Path, log_path: Path) -> Infinity:
+    def start(
+        cls, venv: Path, models: dict[str, Path], log_path: Path, dtype: str = "float32"
+    ) -> Infinity:
+        """Serve each model under its name. dtype "int8" is infinity's CPU quantisation
+        (torch.quantization.quantize_dynamic of the Linear layers, batches as they come)."""
         port = free_port()
         args = [str(venv / "bin" / "infinity_emb"), "v2", "--host", "127.0.0.1"]
         args += ["--port", str(port), "--engine", "torch", "--device", "cpu"]
-        args += ["--no-bettertransformer", "--no-model-warmup"]  # our own warm-up below
-        for name, path in (("entail", entail_dir), ("nli", nli_dir)):
-            args += ["--model-id", str(path), "--served-model-name", name]
+        # No BetterTransformer (optimum is not installed) and no built-in warm-up (it runs
+        # 32 x 512-token batches, minutes here): measure_infinity warms each route up itself.
+        args += ["--no-bettertransformer", "--no-model-warmup"]
+        for name, path in models.items():
+            args += ["--model-id", str(path), "--served-model-name", name, "--dtype", dtype]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
         env.pop("PYTHONPATH", None)
         handle = log_path.open("wb")
@@ -475,31 +517,31 @@ CONTENDERS = {
     "zsc-fast": ("zsc over HTTP, default layout, fastest backend", ""),
     "inf-rerank": ("infinity 0.0.78 /rerank, one-logit entailment copy", "torch fp32"),
     "inf-classify": ("infinity 0.0.78 /classify, joined pairs", "torch fp32"),
+    "inf-rerank-int8": (
+        "infinity 0.0.78 /rerank, one-logit entailment copy, --dtype int8",
+        "torch int8 (dynamic, batched)",
+    ),
     "st-crossenc": ("sentence-transformers CrossEncoder.predict, in-process", "torch fp32"),
     "hf-pipeline": ("transformers zero-shot pipeline, in-process", "torch fp32"),
 }
 
 
 def score_check(run: Run, contender: str, clients: int, precision: str) -> dict[str, Any]:
-    key = (
-        contender if clients == 1 or not contender.startswith(("st-", "hf-")) else f"{contender}@16"
-    )
-    got = run.scores.get(key, {})
-    missing = [i.text for i in run.items if i.text not in got]
+    """The largest difference of a contender's scores from the pipeline's, and whether its speed
+    counts: every text of its workload answered, within the tolerance of its precision."""
+    got = run.scores.get((contender, clients), {})
+    items = run.workload(clients)
     diff = max(
-        (
-            float(np.abs(got[i.text] - run.reference[i.text]).max())
-            for i in run.items
-            if i.text in got
-        ),
+        (float(np.abs(got[i.text] - run.reference[i.text]).max()) for i in items if i.text in got),
         default=float("nan"),
     )
     tolerance = TOLERANCE["int8" if "int8" in precision else "fp32"]
+    answered = all(i.text in got for i in items)
     return {
         "max_abs_score_diff": diff,
         "tolerance": tolerance,
         "texts_checked": len(got),
-        "counts": not missing and diff <= tolerance,
+        "counts": answered and diff <= tolerance,
     }
 
 
@@ -593,19 +635,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         build()
         (d / "source-stamp").write_text(stamp)
 
-    run = Run(items)
+    run = Run(items, plan.one_client_every)
     load_start = loadavg()
     log("in-process peers")
     measure_pipeline(run, model_dir)  # first: its scores are the reference
     st_version = measure_cross_encoder(run, model_dir, indices.entailment)
 
-    log("starting infinity")
-    log_path = REPO / ".zsc" / "infinity.log"
-    server = Infinity.start(opts.venv.resolve(), entail_dir, nli_dir, log_path)
-    try:
-        measure_infinity(run, server.url, joiner, indices.entailment)
-    finally:
-        server.stop()
+    venv = opts.venv.resolve()
+    for dtype, models, routes in (
+        ("float32", {"entail": entail_dir, "nli": nli_dir}, INFINITY_FP32_ROUTES),
+        ("int8", {"entail": entail_dir}, {"inf-rerank-int8": "rerank"}),
+    ):
+        log(f"starting infinity ({dtype})")
+        server = Infinity.start(venv, models, REPO / ".zsc" / f"infinity-{dtype}.log", dtype)
+        try:
+            measure_infinity(run, server.url, joiner, routes)
+        finally:
+            server.stop()
 
     log("starting Ray and Serve")
     cpus = os.cpu_count() or 1
@@ -688,6 +734,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "mean": round(float(np.mean([i.tokens for i in items])), 1),
                 "max": max(i.tokens for i in items),
             },
+        },
+        "one_client": {
+            "texts": len(run.workload(1)),
+            "pairs": sum(len(i.labels) for i in run.workload(1)),
         },
         "joined_pairs": {"joiner": joiner, "same_ids_as_pair": joined_ok},
         "zsc_fast_backend": fast_label,
