@@ -7,7 +7,7 @@ DEMO_MODEL ?= .zsc/demo-model
 PORT ?= 8000
 STAMP := $(VENV)/.zsc-installed
 
-.PHONY: install run demo test test-fast lint browser postgres soak bench bench-gpu clean
+.PHONY: install run demo test test-fast lint browser postgres soak bench bench-peers bench-gpu clean
 
 # The whole development set: the server (torch), ONNX Runtime, the prefilter, tests, benchmarks.
 # torch is pinned first: 2.13.0 is the CPU build this project is tested with (a plain `torch`
@@ -57,6 +57,11 @@ soak: install postgres
 
 bench: install
 	$(BIN)/zsc bench
+
+# zsc against infinity-emb (installed by the script into its own venv, .zsc/peers-venv, on first
+# use), sentence-transformers and the transformers pipeline, side by side: bench/results/peers.json.
+bench-peers: install
+	$(BIN)/python bench/bench_peers.py
 
 # On a machine with an NVIDIA GPU. It installs nothing: the venv above holds the CPU build of
 # torch, so it runs an interpreter that already has a CUDA build of torch and the project's

@@ -344,9 +344,12 @@ def thread_pool(
     return now() - started, latencies
 
 
-def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[float, list[float]]:
+def run_pipeline(
+    pipe: Any, items: Sequence[Item], batch_size: int, outputs: dict[int, Any] | None = None
+) -> tuple[float, list[float]]:
     """(b): the transformers pipeline, one streaming call per label set (it batches pairs across
-    the texts that share labels). Latency: the pipeline takes up a text -> its result comes out."""
+    the texts that share labels). Latency: the pipeline takes up a text -> its result comes out.
+    `outputs`, when given, receives each item's result by its index."""
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, item in enumerate(items):
         groups[item.labels].append(i)
@@ -365,14 +368,16 @@ def run_pipeline(pipe: Any, items: Sequence[Item], batch_size: int) -> tuple[flo
                 taken[i] = now()
                 yield items[i].text
 
-        outputs = pipe(
+        results = pipe(
             texts(),
             candidate_labels=list(labels),
             hypothesis_template=DEFAULT_TEMPLATE,
             batch_size=batch_size,
         )
-        for i, _ in zip(indices, outputs):
+        for i, output in zip(indices, results):
             latencies.append(now() - taken[i])
+            if outputs is not None:
+                outputs[i] = output
     return now() - started, latencies
 
 
