@@ -61,7 +61,7 @@ bench: install
 # zsc against infinity-emb (installed by the script into its own venv, .zsc/peers-venv, on first
 # use), sentence-transformers and the transformers pipeline, side by side: bench/results/peers.json.
 bench-peers: install
-	$(BIN)/python bench/bench_peers.py
+	$(BIN)/python -m bench.bench_peers
 
 # On a machine with an NVIDIA GPU. It installs nothing: the venv above holds the CPU build of
 # torch, so it runs an interpreter that already has a CUDA build of torch and the project's

@@ -1,11 +1,11 @@
 """zsc against the peers a user could serve an NLI cross-encoder with, side by side in one run.
 
-    .venv/bin/python bench/bench_peers.py [--quick] [--fast-backend int8|onnx|onnx-int8]
+    .venv/bin/python -m bench.bench_peers [--quick] [--fast-backend int8|onnx|onnx-int8]
     make bench-peers
 
 On the full-size random model (82.1M parameters, built once into .zsc/bench-model) and the
 seeded mixed-length workload of `zsc bench` (texts of 10-200 tokens with 2, 5 or 20 labels,
-serve_app/devtools/benchmarking.py), at 1 and 16 concurrent clients, pairs/s and p50/p99
+bench/common.py), at 1 and 16 concurrent clients, pairs/s and p50/p99
 latency of:
 
   zsc-default   zsc over HTTP, the default layout (what `make run` deploys), torch fp32;
@@ -41,30 +41,23 @@ Writes bench/results/peers.json (with the command, the machine and the versions)
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_worker_niceness", "0")  # the replicas at the driver's priority
+import numpy as np
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Awaitable, Callable, Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from serve_app.core.defaults import DEFAULT_TEMPLATE  # noqa: E402
-from serve_app.devtools.benchmarking import (  # noqa: E402
+from bench.common import (
     APP,
     DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
@@ -81,14 +74,15 @@ from serve_app.devtools.benchmarking import (  # noqa: E402
     now,
     run_pipeline,
 )
-from serve_app.devtools.peers import (  # noqa: E402
+from serve_app.core.defaults import DEFAULT_TEMPLATE
+from serve_app.devtools.peers import (
     joined_matches_pair,
     one_logit_copy,
     pair_joiner,
     raw_logits_copy,
     single_label_scores,
 )
-from serve_app.devtools.ports import free_port  # noqa: E402
+from serve_app.devtools.ports import free_port
 
 INFINITY = "infinity-emb[server,torch]==0.0.78"
 TORCH = "torch==2.13.0"  # the CPU build on this machine's disk; a plain `torch` pulls CUDA
@@ -171,6 +165,9 @@ class Run:
 
 
 Scorer = Callable[[Item], Awaitable[list[float]]]
+
+
+os.environ.setdefault("RAY_worker_niceness", "0")  # the replicas at the driver's priority
 
 
 def measure_online(run: Run, contender: str, score: Scorer, clients: int) -> None:
@@ -704,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for zsc in ("zsc-default", "zsc-fast")
     }
     report: dict[str, Any] = {
-        "command": "python bench/bench_peers.py "
+        "command": "python -m bench.bench_peers "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "plan": "quick" if opts.quick else "default",
         "seed": opts.seed,
