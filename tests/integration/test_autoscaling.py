@@ -58,7 +58,9 @@ def test_classifier_scales_up_under_load_and_back_down(deploy_app) -> None:
     url = deploy_app(
         APP,
         classifier={"num_cpus": 0.1, "autoscaling": AUTOSCALING},
-        ingress={"num_cpus": 0.1},
+        # Unbounded admission: this test is about the autoscaler, and its 24 x 32 pairs in flight
+        # are past the default overload bound (test_overload_serve covers that bound).
+        ingress={"num_cpus": 0.1, "max_scoring_pairs": 0},
         jobs={"enabled": False},
     )
     assert classifier_states() == {"RUNNING": MIN_REPLICAS}
