@@ -51,13 +51,13 @@ import numpy as np
 
 from bench.common import (
     APP,
-    DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
     MAX_TOKENS,
     MIN_TOKENS,
     Item,
     Round,
     Tally,
+    add_common_args,
     batch_size_sweep,
     descendant_nice,
     describe_workload,
@@ -310,14 +310,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="torch",
         help="Backend of (c), (d), (e) and (f); (a) and (b) are always torch fp32.",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where to write the report.")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=DEFAULT_MODEL_DIR,
-        help="The full-size random model (built here when missing).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the workload.")
+    add_common_args(parser, DEFAULT_OUT, "the report")
     return parser.parse_args(argv)
 
 

@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
     LABEL_COUNTS,
+    add_common_args,
     describe_workload,
     encode_items,
     ensure_model,
@@ -86,14 +86,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, default=32, help="(c)'s batch size (the service bench's sweep)."
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Where to write bulk.json.")
-    parser.add_argument(
-        "--model-dir",
-        type=Path,
-        default=DEFAULT_MODEL_DIR,
-        help="The full-size random model (built here when missing).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the workload.")
+    add_common_args(parser, DEFAULT_OUT, "bulk.json")
     return parser.parse_args(argv)
 
 

@@ -59,10 +59,10 @@ import numpy as np
 
 from bench.common import (
     APP,
-    DEFAULT_MODEL_DIR,
     DEFAULT_OUT,
     REPO,
     Item,
+    add_common_args,
     closed_loop,
     ensure_model,
     hf_tokenizer,
@@ -578,10 +578,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="zsc's fast contender (default: the fastest in bench/results/int8.json).",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT / "peers.json")
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    add_common_args(parser, DEFAULT_OUT / "peers.json", "peers.json")
     parser.add_argument("--venv", type=Path, default=PEERS_VENV)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 

@@ -6,6 +6,7 @@ outside the wheel, and no timed assertion lives here.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import random
@@ -225,6 +226,18 @@ class Tally:
                 sum(b["mean_calls_per_batch"] * b["batches"] for b in batches) / n, 2
             )
         return out
+
+
+def add_common_args(parser: argparse.ArgumentParser, out: Path, what: str) -> None:
+    """The options every full-size benchmark takes: where the report goes, the model, the seed."""
+    parser.add_argument("--out", type=Path, default=out, help=f"Where to write {what}.")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="The full-size random model (built here when missing).",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the workload.")
 
 
 def now() -> float:

@@ -176,7 +176,9 @@ def delete_app(name: str) -> None:
 
     from serve_app.deployments.limiter import remove_limiters
 
-    serve.delete(name)
+    # Not blocking: nothing waits on a deleted app (names are unique per module, and the session
+    # has CPUs to spare), and a blocking delete waits out each replica's graceful-shutdown loop.
+    serve.delete(name, _blocking=False)
     remove_limiters(name)  # none if the app never ran with a rate limit
 
 
