@@ -39,9 +39,13 @@ browser:
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
+# Workers of `make test` (pytest-xdist), each with its own Ray instance and whole modules: most
+# real-Ray tests wait on Ray (replicas starting, leases expiring, buckets refilling), not on cores.
+TEST_WORKERS ?= 2
+
 # Every test but the soak (`make soak`, about 10 minutes of steady load), after the lint gate.
 test: install browser postgres lint
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # ruff (lint and format) and mypy (strict on the modules without Ray; see pyproject.toml).
 lint: install
@@ -50,7 +54,7 @@ lint: install
 	$(BIN)/mypy
 
 test-fast: install postgres
-	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser" tests
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser" -n $(TEST_WORKERS) tests
 
 soak: install postgres
 	$(BIN)/python -m pytest -q -m slow tests
