@@ -64,7 +64,12 @@ def assert_no_key_in(response: httpx.Response) -> None:
         ("GET", "/v1/does-not-exist", None),
     ],
 )
-@pytest.mark.parametrize("key", [None, WRONG, ALICE[:-1], f"{ALICE} extra"])
+# Named ids: the keys are random per session, and pytest-xdist's workers must collect the same.
+@pytest.mark.parametrize(
+    "key",
+    [None, WRONG, ALICE[:-1], f"{ALICE} extra"],
+    ids=["none", "wrong", "truncated", "extra-word"],
+)
 def test_v1_without_a_valid_key_is_401(
     url: str, method: str, path: str, body: Any, key: str | None
 ) -> None:
