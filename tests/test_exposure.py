@@ -118,8 +118,7 @@ for case, auth in spec["cases"].items():
     except StartupError as exc:
         out[case] = str(exc)
 print("RESULT " + json.dumps(out))
-serve.shutdown()
-ray.shutdown()
+ray.shutdown()  # stops this local cluster, Serve included
 """
 
 

@@ -35,6 +35,9 @@ def test_model_without_entailment_label_fails_at_start(tmp_path: Path) -> None:
         build_app(AppConfig(model=str(directory)))
 
 
+# `serve run` builds the app before it starts Ray; were the builder to let this model through,
+# it would start a local Ray: a `ray` test, out of `make test-fast`.
+@pytest.mark.ray
 def test_serve_run_prints_one_line_not_a_traceback(tmp_path: Path) -> None:
     serve = Path(sys.executable).parent / "serve"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -26,7 +26,12 @@ from serve_app.http.routes.services import Services
 from serve_app.observability import tracing
 
 
-@serve.deployment(name="Ingress")
+# Every error this constructor raises is a configuration check (placement, exposure, auth) that
+# fails the same way each time: one try, so a misconfigured deploy (`serve run` included) fails
+# in seconds with its line in `serve status`, not after Serve's three tries per replica. The
+# count only covers a version's start (a deploy or redeploy, before one of its replicas runs);
+# a running replica that dies is replaced as before.
+@serve.deployment(name="Ingress", max_constructor_retry_count=1)
 @serve.ingress()
 class Ingress:
     def __init__(

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def light_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # No pip in it (bootstrapping one costs seconds): this venv's pip installs into it through
+    # `--python`. Not system-site-packages either, so nothing of the dev install leaks in.
     env = tmp_path_factory.mktemp("light") / "venv"
-    venv.EnvBuilder(with_pip=True).create(env)
+    venv.EnvBuilder(with_pip=False).create(env)
     # A copy of the tree, so the build writes nothing into the checkout.
     src = tmp_path_factory.mktemp("src")
     subprocess.run(
@@ -29,14 +31,19 @@ def light_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(
         ["cp", "-r", str(ROOT / "serve_app"), str(ROOT / "pyproject.toml"), str(src)], check=True
     )
-    done = subprocess.run(
-        [str(env / "bin" / "pip"), "install", "-q", str(src)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    # The wheel is built with this venv's setuptools (no isolated build env to fetch), then
+    # installed with its dependencies as `pip install .` would.
+    wheels = tmp_path_factory.mktemp("wheel")
+    pip = [sys.executable, "-m", "pip"]
+    _run_ok([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)])
+    (wheel,) = wheels.glob("*.whl")
+    _run_ok([*pip, "--python", str(env / "bin" / "python"), "install", "-q", str(wheel)])
     return env
+
+
+def _run_ok(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def run(env: Path, *args: str) -> subprocess.CompletedProcess[str]:
