@@ -8,6 +8,9 @@ the padded shape of the sub-batch a pair lands in (~2e-6 here), and the two path
 differently (tests/test_bulk_inputs.py compares the default layout with the pipeline); unreadable rows go to the errors
 files with their ids (exit 2); an interrupted run (SIGINT, then SIGKILL) resumes into the same
 OUTPUT and ends with every id exactly once; on two nodes the actor pool runs on both.
+
+A bulk run's actor holds one core: the references (the service, the pipeline) are computed
+while it runs, on the other, and the JSONL and CSV runs go at once.
 """
 
 from __future__ import annotations
