@@ -106,19 +106,10 @@ class RayNode:
                 os.kill(pid, sig)
         self.proc.poll()  # reap `ray start` if it died, so it is not left a zombie
 
-    def stop(self, deadline: float) -> None:
-        """Wait until `deadline` for the node to stop after `terminate()`, then SIGKILL what is
-        left of it."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for _ in range(3):
-            if not self.pids():
-                break
-            self.kill(signal.SIGKILL)
-            time.sleep(0.5)
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
+    def stop(self) -> None:
+        """SIGKILL the node's processes until none is left (a throwaway node needs no graceful
+        shutdown), and reap `ray start`."""
+        _kill_all([self])
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
@@ -170,7 +161,7 @@ class Cluster:
                     name if attempt == 1 else f"{name}.{attempt}", make_args(), env
                 )
             except NodeStartFailed as failure:
-                failure.node.stop(time.monotonic())
+                failure.node.stop()
                 self.nodes.remove(failure.node)
                 if attempt == START_ATTEMPTS or not failure.node.agent_timed_out():
                     raise
@@ -298,14 +289,30 @@ class Cluster:
         assert result.returncode == 0, f"serve {args} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        # SIGTERM makes `ray start --block` stop its node's processes (gracefully, in parallel).
-        for node in self.nodes:
-            if node.proc.poll() is None:
-                node.proc.terminate()
-        deadline = time.monotonic() + grace_s
-        for node in self.nodes:
-            node.stop(deadline)
+    def stop(self) -> None:
+        """Kill every process of every node at once. A test's own cluster holds nothing worth
+        a graceful shutdown, and SIGTERM to `ray start --block` took ~20 s a cluster here."""
+        _kill_all(self.nodes)
+
+
+def _kill_all(nodes: list[RayNode], timeout_s: float = 30.0) -> None:
+    """SIGKILL every process of `nodes` (only what they started) until none is left: a pass
+    may find a worker process its raylet forked after the pass before listed it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = set().union(*(node.pids() for node in nodes))
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            break  # the caller's check names what survived
+        time.sleep(0.05)
+    for node in nodes:
+        if node.proc.poll() is None:
+            node.proc.kill()
+        node.proc.wait(timeout=10)
 
 
 def short_base_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:

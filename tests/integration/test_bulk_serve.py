@@ -8,10 +8,14 @@ the padded shape of the sub-batch a pair lands in (~2e-6 here), and the two path
 differently (tests/test_bulk_inputs.py compares the default layout with the pipeline); unreadable rows go to the errors
 files with their ids (exit 2); an interrupted run (SIGINT, then SIGKILL) resumes into the same
 OUTPUT and ends with every id exactly once; on two nodes the actor pool runs on both.
+
+A bulk run's actor holds one core: the references (the service, the pipeline) are computed
+while it runs, on the other, and the JSONL and CSV runs go at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -63,13 +67,42 @@ def bulk_command(*args: str) -> list[str]:
     return [sys.executable, "-c", CLI, "bulk", *args]
 
 
+def start_bulk(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        bulk_command(*args), env=env or cli_env(), cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(
+    proc: subprocess.Popen[str], timeout: float = RUN_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@contextlib.contextmanager
+def running(*procs: subprocess.Popen[str]) -> Iterator[None]:
+    """Work done while runs go on (they use one core, the service or the pipeline the other);
+    a failure there kills them."""
+    try:
+        yield
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+        raise
+
+
 def run_bulk(
     *args: str, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        bulk_command(*args), env=env or cli_env(), capture_output=True, text=True,
-        timeout=timeout, cwd=REPO,
-    )  # fmt: skip
+    return finish(start_bulk(*args, env=env), timeout)
 
 
 def summary(stderr: str) -> dict[str, int]:
@@ -98,26 +131,32 @@ def read_errors(out: Path) -> list[dict[str, Any]]:
     ]
 
 
-def classify_http(url: str, texts: list[str]) -> list[tuple[dict[str, Any], bool]]:
-    """(result, truncated) of each text from /v1/classify, 200 texts a request."""
-    answers: list[tuple[dict[str, Any], bool]] = []
+Answer = tuple[dict[str, Any], bool]
+
+
+def classify_http(url: str, texts: dict[Any, str]) -> dict[Any, Answer]:
+    """(result, truncated) of each id's text from /v1/classify, 200 texts a request."""
+    ids = list(texts)
+    answers: dict[Any, Answer] = {}
     with httpx.Client(base_url=url, timeout=120) as client:
-        for start in range(0, len(texts), 200):
-            chunk = texts[start : start + 200]
-            response = client.post("/v1/classify", json={"texts": chunk, "labels": LABELS})
+        for start in range(0, len(ids), 200):
+            chunk = ids[start : start + 200]
+            response = client.post(
+                "/v1/classify", json={"texts": [texts[i] for i in chunk], "labels": LABELS}
+            )
             assert response.status_code == 200, response.text
             body = response.json()
             cut = set(body.get("truncated") or [])
-            answers += [(r, i in cut) for i, r in enumerate(body["results"])]
+            answers.update(
+                (i, (r, n in cut)) for n, (i, r) in enumerate(zip(chunk, body["results"]))
+            )
     return answers
 
 
-def assert_equal_http(
-    url: str, rows: list[dict[str, Any]], text_of: dict[Any, str], key: str
-) -> None:
-    ids = [row[key] for row in rows]
-    answers = classify_http(url, [text_of[i] for i in ids])
-    for row, (want, truncated) in zip(rows, answers):
+def assert_equal_http(rows: list[dict[str, Any]], answers: dict[Any, Answer], key: str) -> None:
+    assert len(rows) == len(answers)
+    for row in rows:
+        want, truncated = answers[row[key]]
         assert row["labels"] == want["labels"], (row, want)
         assert row["scores"] == pytest.approx(want["scores"], abs=1e-6), (row, want)
         assert row["truncated"] == truncated, row
@@ -152,27 +191,32 @@ def test_parquet_rows_equal_the_service_and_the_pipeline(
 ) -> None:
     texts = mixed_texts(3000)
     ids = [f"doc-{i}" for i in range(len(texts))]
+    text_of = dict(zip(ids, texts))
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"doc": ids, "body": texts}), source, row_group_size=700)
     out = tmp_path / "out"
-    done = run_bulk(
+    run = start_bulk(
         str(source), str(out), "--labels", ",".join(LABELS), "--text-column", "body",
         "--id-column", "doc", "--model", str(tiny_model_dir), "--address", ray_address,
         "--actors", "1", "--batch-rows", "500", *ONE_PAIR_FORWARDS,
     )  # fmt: skip
+    with running(run):
+        answers = classify_http(ref_url, text_of)
+        sample = random.Random(1).sample(ids, 25)
+        pipeline_says = {i: reference(text_of[i], candidate_labels=LABELS) for i in sample}
+    done = finish(run)
     assert done.returncode == 0, done.stderr
     assert summary(done.stderr) == {"rows": 3000, "skipped": 0, "scored": 3000, "errors": 0}
     rows = read_output(out, "doc")
     assert sorted(r["doc"] for r in rows) == sorted(ids)  # each id exactly once
     assert set(rows[0]) == {"doc", "body", "labels", "scores", "truncated"}
-    text_of = dict(zip(ids, texts))
     assert all(r["body"] == text_of[r["doc"]] for r in rows)
     assert any(r["truncated"] for r in rows) and not all(r["truncated"] for r in rows)
-    assert_equal_http(ref_url, rows, text_of, "doc")
-    for row in random.Random(1).sample(rows, 25):
-        want = reference(row["body"], candidate_labels=LABELS)
-        assert row["labels"] == want["labels"]
-        assert row["scores"] == pytest.approx(want["scores"], abs=1e-5)
+    assert_equal_http(rows, answers, "doc")
+    row_of = {r["doc"]: r for r in rows}
+    for i, want in pipeline_says.items():
+        assert row_of[i]["labels"] == want["labels"]
+        assert row_of[i]["scores"] == pytest.approx(want["scores"], abs=1e-5)
 
 
 def test_jsonl_and_csv_inputs_and_unreadable_rows(
@@ -187,9 +231,25 @@ def test_jsonl_and_csv_inputs_and_unreadable_rows(
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
     out_j = tmp_path / "out-jsonl"
+    # CSV, ids of its own, no text in the output; an empty text is an error row.
+    csv_texts = mixed_texts(200, seed=3)
+    csv_texts[5] = ""
+    ids = list(range(1000, 1200))
+    source = tmp_path / "in.csv"
+    pacsv.write_csv(pa.table({"id": ids, "text": csv_texts}), source)
+    out_c = tmp_path / "out-csv"
     common = ["--labels", ",".join(LABELS), "--model", str(tiny_model_dir),
               "--address", ray_address, "--actors", "1", "--batch-rows", "100", *ONE_PAIR_FORWARDS]  # fmt: skip
-    done = run_bulk(str(jsonl), str(out_j), "--format", "jsonl", *common)
+    # Both runs at once (two drivers on one Ray), the service answering beside them.
+    run_j = start_bulk(str(jsonl), str(out_j), "--format", "jsonl", *common)
+    run_c = start_bulk(str(source), str(out_c), "--id-column", "id", "--no-text", *common)
+    with running(run_j, run_c):
+        want_j = [i for i in range(300) if i not in (10, 20, 30)]
+        answers_j = classify_http(ref_url, {i: texts[i] for i in want_j})
+        want_c = [i for i in ids if i != 1005]
+        answers_c = classify_http(ref_url, {i: t for i, t in zip(ids, csv_texts) if i != 1005})
+
+    done = finish(run_j)
     assert done.returncode == 2, done.stderr
     assert summary(done.stderr) == {"rows": 300, "skipped": 0, "scored": 297, "errors": 3}
     assert "3 rows could not be read" in done.stderr and "_errors" in done.stderr
@@ -200,23 +260,16 @@ def test_jsonl_and_csv_inputs_and_unreadable_rows(
         {"row": 30, "error": "line 31 is not JSON"},
     ]
     rows = read_output(out_j, "row")
-    assert sorted(r["row"] for r in rows) == [i for i in range(300) if i not in (10, 20, 30)]
-    assert_equal_http(ref_url, rows, dict(enumerate(texts)), "row")
+    assert sorted(r["row"] for r in rows) == want_j
+    assert_equal_http(rows, answers_j, "row")
 
-    # CSV, ids of its own, no text in the output; an empty text is an error row.
-    csv_texts = mixed_texts(200, seed=3)
-    csv_texts[5] = ""
-    ids = list(range(1000, 1200))
-    source = tmp_path / "in.csv"
-    pacsv.write_csv(pa.table({"id": ids, "text": csv_texts}), source)
-    out_c = tmp_path / "out-csv"
-    done = run_bulk(str(source), str(out_c), "--id-column", "id", "--no-text", *common)
+    done = finish(run_c)
     assert done.returncode == 2, done.stderr
     assert read_errors(out_c) == [{"id": 1005, "error": "text is empty"}]
     rows = read_output(out_c, "id")
     assert set(rows[0]) == {"id", "labels", "scores", "truncated"}
-    assert sorted(r["id"] for r in rows) == [i for i in ids if i != 1005]
-    assert_equal_http(ref_url, rows, dict(zip(ids, csv_texts)), "id")
+    assert sorted(r["id"] for r in rows) == want_c
+    assert_equal_http(rows, answers_c, "id")
     # A rerun finds everything done (the error row included) and scores nothing.
     again = run_bulk(str(source), str(out_c), "--id-column", "id", "--no-text", *common)
     assert summary(again.stderr) == {"rows": 200, "skipped": 200, "scored": 0, "errors": 0}
@@ -239,7 +292,10 @@ def _interrupt_when(
 def test_an_interrupted_run_resumes_with_every_id_once(
     tmp_path: Path, tiny_model_dir: Path, ray_address: str
 ) -> None:
-    rows, batch = 1200, 10  # 120 parts: slow enough to stop a third and two thirds in
+    # 60 parts (~0.1 s each here, after a start-up of ~10 s): polled every 0.2 s, a run is
+    # stopped a third and two thirds in with seconds to spare.
+    rows, batch = 600, 10
+    third_in, two_thirds_in = rows // batch // 3, 2 * rows // batch // 3
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": mixed_texts(rows, seed=4)}), source)
     out = tmp_path / "out"
@@ -255,12 +311,12 @@ def test_an_interrupted_run_resumes_with_every_id_once(
         )  # fmt: skip
 
     first = start()
-    _interrupt_when(first, out, 40, signal.SIGINT)
+    _interrupt_when(first, out, third_in, signal.SIGINT)
     _, stderr = first.communicate(timeout=60)
     assert first.returncode == 130 and "rerun the same command to resume" in stderr, stderr
 
     second = start()
-    _interrupt_when(second, out, 80, signal.SIGKILL)
+    _interrupt_when(second, out, two_thirds_in, signal.SIGKILL)
     second.communicate(timeout=60)
     assert second.returncode == -signal.SIGKILL
 
@@ -269,7 +325,7 @@ def test_an_interrupted_run_resumes_with_every_id_once(
     assert third.returncode == 0, stderr
     counts = summary(stderr)
     assert counts["rows"] == rows and counts["errors"] == 0
-    assert counts["skipped"] >= 80 * batch and counts["scored"] < rows, counts
+    assert counts["skipped"] >= two_thirds_in * batch and counts["scored"] < rows, counts
     assert counts["skipped"] + counts["scored"] == rows, counts
     written = read_output(out, "row")
     assert sorted(r["row"] for r in written) == list(range(rows))  # each id exactly once
