@@ -214,12 +214,21 @@ def bulk_dataset(plan: BulkPlan) -> Any:
     )  # fmt: skip
 
 
+# Generous: an actor's start is a worker process, torch and the model (a minute on a busy node);
+# past it the run stops with Ray Data's "Timed out while starting actors" instead of waiting.
+POOL_START_TIMEOUT_S = 600
+
+
 def run_bulk(plan: BulkPlan, on_rows: Callable[[int], None] = lambda n: None) -> BulkSummary:
     """Run a plan on the Ray this process is connected to; `on_rows` after each part."""
     from ray.data import DataContext
 
+    context = DataContext.get_current()
     # zsc draws its own progress bar (rows/s, time left) from the parts written.
-    DataContext.get_current().enable_progress_bars = False
+    context.enable_progress_bars = False
+    # The pool is sized to the cluster: start every actor before the first block, or a short
+    # run can end on the first node's actor while another node's is still starting.
+    context.wait_for_min_actors_s = POOL_START_TIMEOUT_S
     started = time.perf_counter()
     scored = errors = 0
     if plan.todo:
