@@ -63,12 +63,12 @@ from bench.common import (
     describe_workload,
     encode_items,
     ensure_model,
-    free_port,
     handle_run,
     hf_tokenizer,
     http_run,
     label_sets,
     loadavg,
+    local_serve,
     log,
     make_items,
     max_score_difference,
@@ -737,17 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("starting Ray and Serve")
     # One logical CPU more than the cores, so a hand-tuned layout that claims every core still
     # places the ingress; the default layout sizes itself from the cores the process may use.
-    ray.init(
-        address="local",
-        num_cpus=bench.cpus + 1,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="zsc-bench",
-    )
-    try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
+    with local_serve("zsc-bench", bench.cpus + 1) as url:
         classifier = deploy(bench, Layout("default (num_cpus auto)"))
         first_request = measure_first_request(url, bench.work.mixed[0])
         handle = serve.get_app_handle(APP)
@@ -765,9 +755,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle = measure_idle(bench, url, handle)
         measure_methods(bench, url, handle, classifier, bs)
         layout_rows = measure_layouts(bench, url, bs)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
     results = [t.summary(bench.cpus) for t in bench.tallies.values()]
     by_key = {r["key"]: r for r in results}

@@ -67,6 +67,7 @@ from bench.common import (
     ensure_model,
     hf_tokenizer,
     loadavg,
+    local_serve,
     log,
     make_items,
     mixed_counts,
@@ -594,7 +595,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sentence_transformers  # noqa: F401
     import torch
     import transformers
-    from ray import serve
 
     from serve_app.core.nli import nli_label_indices
 
@@ -650,17 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log("starting Ray and Serve")
     cpus = os.cpu_count() or 1
-    ray.init(
-        address="local",
-        num_cpus=cpus + 1,
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="zsc-bench-peers",
-    )
-    try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
+    with local_serve("zsc-bench-peers", cpus + 1) as url:
         for contender, settings in (
             ("zsc-default", {"backend": "torch"}),
             ("zsc-fast", fast_settings),
@@ -668,9 +658,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             deploy_zsc(model_dir, settings)
             zsc_warm(url, items)
             measure_zsc(run, contender, url)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
     precisions = {k: b for k, (_, b) in CONTENDERS.items()}
     precisions["zsc-fast"] = fast_label

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -226,6 +227,28 @@ class Tally:
                 sum(b["mean_calls_per_batch"] * b["batches"] for b in batches) / n, 2
             )
         return out
+
+
+@contextlib.contextmanager
+def local_serve(namespace: str, num_cpus: float) -> Iterator[str]:
+    """A fresh local Ray with Serve on a free loopback port; yields Serve's URL, then stops both."""
+    import ray
+    from ray import serve
+
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace=namespace,
+    )
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def add_common_args(parser: argparse.ArgumentParser, out: Path, what: str) -> None:
