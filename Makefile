@@ -54,7 +54,7 @@ lint: install
 	$(BIN)/mypy
 
 test-fast: install postgres
-	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser" -n $(TEST_WORKERS) tests
+	$(BIN)/python -m pytest -q -m "not slow and not ray and not browser and not fuzz" -n $(TEST_WORKERS) --dist loadfile tests
 
 soak: install postgres
 	$(BIN)/python -m pytest -q -m slow tests

@@ -3,10 +3,11 @@ RoBERTa-style in each label order, BERT-style, and one quantised file. Built onc
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from serve_app.cli.main import app
 from serve_app.devtools.test_models import build_test_model
 from serve_app.engine.export import export_onnx
 
@@ -15,16 +16,14 @@ LABEL_ORDERS = {
     "entailment_first": ("entailment", "neutral", "contradiction"),
     "neutral_first": ("neutral", "entailment", "contradiction"),
 }
-ZSC = [sys.executable, "-m", "serve_app.cli"]
 
 
-def export(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`zsc export onnx DIRECTORY ...`, the command users run."""
-    done = subprocess.run(
-        [*ZSC, "export", "onnx", str(directory), *args], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+def export(directory: Path, *args: str) -> str:
+    """`zsc export onnx DIRECTORY ...`, the command users run (in this process: a subprocess
+    would import torch again for seconds); returns what it printed."""
+    done = CliRunner().invoke(app, ["export", "onnx", str(directory), *args])
+    assert done.exit_code == 0, f"{done.output}{done.exception!r}"
+    return done.output
 
 
 def build_onnx_models(root: Path) -> dict[str, Path]:
@@ -34,7 +33,7 @@ def build_onnx_models(root: Path) -> dict[str, Path]:
     }
     built["bert"] = build_test_model(root / "bert", arch="bert", seed=7)
     # The default model through the command users run (with a quantised file); the others
-    # through the same function in this process, which saves a torch import per model.
+    # through the function behind it.
     export(built["default"], "--quantize", "avx512_vnni")
     for name, directory in built.items():
         if name != "default":

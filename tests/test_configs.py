@@ -107,7 +107,7 @@ def _rayservice() -> dict:
 
 def test_rayservice_validates_against_the_kuberay_crd() -> None:
     assert CRD.is_file(), f"the KubeRay CRD schema is missing: expected {CRD}"
-    crd = yaml.safe_load(CRD.read_text())
+    crd = yaml.load(CRD.read_text(), Loader=yaml.CSafeLoader)  # 1 MB: the C loader is 5x faster
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     jsonschema.validate(_rayservice(), version["schema"]["openAPIV3Schema"])
 

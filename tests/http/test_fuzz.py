@@ -41,6 +41,8 @@ MIN_REQUESTS = 1000
 BODY_EXAMPLES = {GenerationMode.POSITIVE: 300, GenerationMode.NEGATIVE: 200}
 PARAM_EXAMPLES = {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100}
 REQUEST_TIMEOUT_S = 60
+# Over 1,000 generated requests (about 30 s of CPU): in `make test`, out of `make test-fast`.
+pytestmark = pytest.mark.fuzz
 # Operations that score text. Most schema-valid bodies still break a rule the schema cannot say
 # (both or neither of text and texts, blank texts or labels, a template without "{}"), but a
 # run where fewer than this many of an operation's positive cases got a 2xx never fuzzed the

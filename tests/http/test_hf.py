@@ -135,7 +135,9 @@ def test_client_with_api_keys_on(keys_url: str) -> None:
 def test_client_surfaces_a_429(limited_url: str) -> None:
     # Drain the bucket through /v1/classify, a pair at a time, to under one pair: the HF route
     # pays from the same bucket, and its 9 pairs are 8 s of refill away.
-    wait_for(lambda: classify_status(limited_url, ["a"]) == 429, 60, "the bucket to drain")
+    wait_for(
+        lambda: classify_status(limited_url, ["a"]) == 429, 60, "the bucket to drain", every_s=0
+    )
     with pytest.raises(HfHubHTTPError) as info:
         client(limited_url).zero_shot_classification(TEXT, COSTLY)
     response = info.value.response
@@ -356,7 +358,7 @@ def test_the_hf_route_pays_from_the_shared_bucket(limited_url: str) -> None:
     assert ok.headers["ratelimit-policy"] == f'"default";q={BURST};w={BURST // RATE}'
     assert ok.headers["ratelimit"].startswith('"default";r=')
     # Drain the bucket a pair at a time through the HF route alone, to under one pair.
-    refused = wait_for(lambda: answered(429), 60, "the HF route to drain the bucket")
+    refused = wait_for(lambda: answered(429), 60, "the HF route to drain the bucket", every_s=0)
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limited"
     # Paid through the HF route, so /v1/classify finds the same bucket empty (9 pairs: 8 s away).

@@ -196,7 +196,7 @@ def _serve(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
         tls.sni_callback = lambda _sock, name, _ctx: receiver.sni.append(name)
         server.socket = tls.wrap_socket(server.socket, server_side=True)
     receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield receiver
