@@ -141,16 +141,21 @@ def client_from(address: str) -> httpx.AsyncClient:
 
 
 async def load(
-    url: str, addresses: list[str], seconds: float, load_state: Load | None = None
+    url: str,
+    addresses: list[str],
+    seconds: float,
+    load_state: Load | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Load:
-    """CLIENTS concurrent clients, shared out over `addresses`, for `seconds`; every answer is
-    recorded."""
+    """CLIENTS concurrent clients, shared out over `addresses`, for `seconds` or until `stop` is
+    set; every answer is recorded."""
     state = load_state or Load(start=time.monotonic())
     deadline = time.monotonic() + seconds
+    stop = stop or asyncio.Event()
     body = {"texts": TEXTS, "labels": LABELS}
 
     async def one_client(client: httpx.AsyncClient, address: str) -> None:
-        while (sent := time.monotonic()) < deadline:
+        while (sent := time.monotonic()) < deadline and not stop.is_set():
             response = await client.post(f"{url}/v1/classify", json=body)
             state.answers.append(
                 Answer(
@@ -283,6 +288,12 @@ async def wait_for_new_limiter(
     raise AssertionError("the limiter actor did not come back")
 
 
+# How long the load goes on once a killed limiter is back: a second for every replica to find
+# it, then a new actor's whole burst (3 s of tokens) is drained by 16 clients in well under a
+# second, and what follows must be limited exactly (a fixed 14 s of load did the same, slower).
+AFTER_BACK_S = 4.0
+
+
 def assert_limited_again(state: Load, since: float) -> None:
     after = Load(state.start, [a for a in state.answers if a.sent >= since])
     assert after.answers and {a.status for a in after.answers} <= {200, 429}, after.summary()
@@ -294,13 +305,17 @@ def assert_limited_again(state: Load, since: float) -> None:
 
 
 async def test_killing_the_limiter_fails_open_then_the_limit_holds_again(rl_url: str) -> None:
-    state = Load(start=time.monotonic())
-    running = asyncio.ensure_future(load(rl_url, ["127.0.0.4"], seconds=14.0, load_state=state))
+    state, stop = Load(start=time.monotonic()), asyncio.Event()
+    running = asyncio.ensure_future(
+        load(rl_url, ["127.0.0.4"], seconds=60.0, load_state=state, stop=stop)
+    )
     await asyncio.sleep(2.0)
     killed_at = time.monotonic()
     old_id = await asyncio.to_thread(kill_limiter, "rl")
     await wait_for_new_limiter("rl", old_id)
     back_at = time.monotonic()
+    await asyncio.sleep(AFTER_BACK_S)
+    stop.set()
     await running
 
     assert {a.status for a in state.answers} <= {200, 429}  # fail open: never a 5xx
@@ -319,13 +334,17 @@ async def test_killing_one_shard_fails_its_keys_closed_and_spares_the_others(
     # Not shard 0, so the shards named after it are the ones found again.
     hit, spared = addresses_on_distinct_shards(2, first=40, avoid_shard_0=True)
     shard = shard_of(hit, SHARDS)
-    state = Load(start=time.monotonic())
-    running = asyncio.ensure_future(load(rl3_url, [hit, spared], seconds=14.0, load_state=state))
+    state, stop = Load(start=time.monotonic()), asyncio.Event()
+    running = asyncio.ensure_future(
+        load(rl3_url, [hit, spared], seconds=60.0, load_state=state, stop=stop)
+    )
     await asyncio.sleep(2.0)
     killed_at = time.monotonic()
     old_id = await asyncio.to_thread(kill_limiter, "rl3", shard)
     await wait_for_new_limiter("rl3", old_id, shard)
     back_at = time.monotonic()
+    await asyncio.sleep(AFTER_BACK_S)
+    stop.set()
     await running
     hit_load, spared_load = state.of(hit), state.of(spared)
 
