@@ -5,8 +5,10 @@ a tenant past its active-job quota gets a 429 envelope."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +76,14 @@ def rows(store_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
+def process_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; its parent has not reaped it yet
+
+
 def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None:
     jobs = []
     for n in range(N_JOBS):
@@ -122,15 +132,21 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
             " WHERE results IS NOT NULL",
         )  # fmt: skip
     )
-    ray.kill(ray.get_actor(runners[victim], namespace=SERVE_NAMESPACE), no_restart=True)
-    killed_at = time.time()
-    # What it was working on when it died: its leases stay behind it, until they expire.
+    handle = ray.get_actor(runners[victim], namespace=SERVE_NAMESPACE)
+    pid = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=60)
+    ray.kill(handle, no_restart=True)
+    # What it was working on when it died: its leases stay behind it, until they expire. Read
+    # at once: waiting for the death first could outlast a lease.
     orphaned = rows(
         store_url,
         "SELECT job_id || '/' || chunk_index, expires_at FROM leases WHERE runner_id = %s",
         victim,
     )
     assert orphaned, "the killed runner held no chunk"
+    # ray.kill returns before the process exits (and Ray reports the actor dead before that): in
+    # that moment the victim may still record a chunk. Its process gone, it records nothing more.
+    wait_for(lambda: not process_running(pid), 60, "the killed runner's exit", every_s=0.02)
+    dead_at = time.time()
 
     def all_ended() -> list[dict[str, Any]] | None:
         views = [job_view(url, job_id) for job_id in jobs]
@@ -150,9 +166,16 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
     )
     after = dict(rows(store_url, "SELECT job_id || '/' || chunk_index, recorded_at FROM chunks"))
     assert {k: after[k] for k in before} == before
-    # The dead runner's chunks were finished by the other one, once their leases had expired.
+    # The dead runner's chunks were finished by the victim in its last moment, or by another
+    # runner once their leases had expired: never taken over under a live lease.
     for chunk, expires_at in orphaned:
-        assert after[chunk] is not None and after[chunk] >= max(expires_at, killed_at), chunk
+        recorded = after[chunk]
+        assert recorded is not None and (recorded <= dead_at or recorded >= expires_at), (
+            chunk,
+            recorded,
+            dead_at,
+            expires_at,
+        )
     assert rows(store_url, "SELECT count(*) FROM leases")[0][0] == 0
 
     for n, job_id in enumerate(jobs):
