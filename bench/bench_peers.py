@@ -34,8 +34,12 @@ difference. infinity is installed into its own virtual environment (.zsc/peers-v
 it pins numpy<2 and transformers<5, which conflict with ours), with torch==2.13.0 first so pip
 takes the CPU build, and is started and stopped by this script on a free local port.
 
-The machine may be shared: read the ratios within one run, not absolute figures across runs.
-The load average is recorded before and after each measurement.
+Every contender is set up and warm before the first measurement, and all stay up (infinity's
+two servers, zsc's two apps, the in-process models): then `--rounds` rounds (3) measure each at
+1 and 16 clients in turn, each round starting with the next contender, so a drift in the
+machine's load falls on all of them alike. pairs/s is the median round's; p50/p99 are over every
+round's requests. The machine may be shared: read the ratios within one run, not absolute
+figures across runs. The load average is recorded before and after each measurement.
 Writes bench/results/peers.json (with the command, the machine and the versions).
 """
 
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +63,6 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
-    APP,
     DEFAULT_OUT,
     REPO,
     Item,
@@ -75,14 +79,14 @@ from bench.common import (
     now,
     run_pipeline,
 )
-from serve_app.core.defaults import DEFAULT_TEMPLATE
-from serve_app.devtools.peers import (
+from bench.peers import (
     joined_matches_pair,
     one_logit_copy,
     pair_joiner,
     raw_logits_copy,
     single_label_scores,
 )
+from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.devtools.ports import free_port
 
 INFINITY = "infinity-emb[server,torch]==0.0.78"
@@ -105,8 +109,8 @@ FAST_BACKENDS = {  # bench/results/int8.json's summary names -> zsc's backend se
 @dataclass(frozen=True)
 class Plan:
     """Sized for this 2-core machine: 45 texts (180 pairs; 1 client: 15 texts, 60 pairs) take
-    about 10 minutes, servers' starts included, at a load average of a few; the quick plan about
-    a third of that. Under a load average of 30-60 (other sessions) they took 2-3x longer."""
+    about 2 minutes a round on a quiet machine, 3 rounds and the servers' starts about 7 (the
+    first run installs infinity's venv too); under a load average of 30-60, 2-3x longer."""
 
     texts: int  # 4 pairs per text on average (LABEL_MIX): 15 texts are 60 pairs
     one_client_every: int  # 1 client runs every n-th text
@@ -132,19 +136,22 @@ class Measurement:
     loadavg_before: list[float]
     loadavg_after: list[float]
 
-    def summary(self) -> dict[str, Any]:
-        lat = np.asarray(self.latencies_s or [np.nan]) * 1000
-        return {
-            "pairs": self.pairs,
-            "wall_s": round(self.wall_s, 2),
-            "pairs_per_s": round(self.pairs / self.wall_s, 3),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1),
-            "requests": len(self.latencies_s),
-            "errors": self.errors,
-            "loadavg_before": self.loadavg_before,
-            "loadavg_after": self.loadavg_after,
-        }
+
+def summarize(rounds: Sequence[Measurement]) -> dict[str, Any]:
+    """One contender at one client count over the rounds: the median round's pairs/s (each
+    round's too), latency percentiles over every round's requests, the load around each."""
+    per_round = [m.pairs / m.wall_s for m in rounds]
+    lat = np.asarray([x for m in rounds for x in m.latencies_s] or [np.nan]) * 1000
+    return {
+        "pairs_per_s": round(float(np.median(per_round)), 3),
+        "pairs_per_s_rounds": [round(x, 3) for x in per_round],
+        "pairs": rounds[0].pairs,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "requests": sum(len(m.latencies_s) for m in rounds),
+        "errors": sum(m.errors for m in rounds),
+        "loadavg_1min": [[m.loadavg_before[0], m.loadavg_after[0]] for m in rounds],
+    }
 
 
 @dataclass
@@ -153,19 +160,19 @@ class Run:
     one_client_every: int  # 1 client runs every n-th text: one at a time is the slow part
     reference: dict[str, np.ndarray] = field(default_factory=dict)  # text -> pipeline scores
     measurements: list[Measurement] = field(default_factory=list)
-    # (contender, clients) -> text -> scores in the item's label order
-    scores: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
+    # (contender, clients) -> text -> every round's scores, in the item's label order
+    scores: dict[tuple[str, int], dict[str, list[np.ndarray]]] = field(default_factory=dict)
 
     def workload(self, clients: int) -> list[Item]:
         return self.items if clients > 1 else self.items[:: self.one_client_every]
 
     def keep(self, contender: str, clients: int, item: Item, scores: Sequence[float]) -> None:
-        self.scores.setdefault((contender, clients), {})[item.text] = np.asarray(
-            scores, dtype=np.float64
-        )
+        by_text = self.scores.setdefault((contender, clients), {})
+        by_text.setdefault(item.text, []).append(np.asarray(scores, dtype=np.float64))
 
 
 Scorer = Callable[[Item], Awaitable[list[float]]]
+Measure = Callable[[int], None]  # one measurement of a contender at this many clients
 
 
 os.environ.setdefault("RAY_worker_niceness", "0")  # the replicas at the driver's priority
@@ -213,9 +220,9 @@ def hypotheses(item: Item) -> list[str]:
     return [DEFAULT_TEMPLATE.format(label) for label in item.labels]
 
 
-def measure_pipeline(run: Run, model_dir: Path) -> None:
-    """transformers' zero-shot pipeline. Its scores of the batched run (every text, first) are
-    the reference the other contenders are checked against."""
+def pipeline_contender(run: Run, model_dir: Path) -> Measure:
+    """transformers' zero-shot pipeline. Its scores of the batched run (every text) are the
+    reference the other contenders are checked against."""
     from transformers import pipeline
 
     pipe = pipeline("zero-shot-classification", model=str(model_dir), device="cpu")
@@ -244,13 +251,14 @@ def measure_pipeline(run: Run, model_dir: Path) -> None:
             scores.append(in_order(item, out))
         return now() - started, latencies, scores
 
-    measure_offline(run, "hf-pipeline", 16, offline)
-    measure_offline(run, "hf-pipeline", 1, one_by_one)
+    offline(run.items)  # the reference, before any contender is checked against it
+    return lambda clients: measure_offline(
+        run, "hf-pipeline", clients, offline if clients > 1 else one_by_one
+    )
 
 
-def measure_cross_encoder(run: Run, model_dir: Path, entailment: int) -> str:
+def cross_encoder_contender(run: Run, model_dir: Path, entailment: int) -> Measure:
     """sentence-transformers' CrossEncoder.predict: logits per pair, scores as the pipeline."""
-    import sentence_transformers
     import torch
     from sentence_transformers import CrossEncoder
 
@@ -281,12 +289,12 @@ def measure_cross_encoder(run: Run, model_dir: Path, entailment: int) -> str:
             start += len(item.labels)
         return wall, [wall] * len(items), scores  # every text is answered when the call returns
 
-    measure_offline(run, "st-crossenc", 16, offline)
-    measure_offline(run, "st-crossenc", 1, one_by_one)
-    return str(sentence_transformers.__version__)
+    return lambda clients: measure_offline(
+        run, "st-crossenc", clients, offline if clients > 1 else one_by_one
+    )
 
 
-def measure_zsc(run: Run, contender: str, url: str) -> None:
+def zsc_contender(run: Run, contender: str, url: str) -> Measure:
     """zsc over HTTP: /v1/classify, one text per request, single-label."""
     import httpx
 
@@ -302,8 +310,7 @@ def measure_zsc(run: Run, contender: str, url: str) -> None:
 
         return score
 
-    for clients in CLIENTS:
-        measure_online(run, contender, scorer_for(scorer, clients), clients)
+    return lambda clients: measure_online(run, contender, scorer_for(scorer, clients), clients)
 
 
 def scorer_for(make: Callable[[Any], Scorer], clients: int) -> Scorer:
@@ -324,9 +331,11 @@ def scorer_for(make: Callable[[Any], Scorer], clients: int) -> Scorer:
     return score
 
 
-def measure_infinity(run: Run, url: str, joiner: str, routes: dict[str, str]) -> None:
-    """Each contender in routes ({contender: "rerank" | "classify"}) at 1 and 16 clients, after
-    two warm-up requests (a process's first forwards are slow)."""
+def infinity_contenders(
+    run: Run, url: str, joiner: str, routes: dict[str, str]
+) -> dict[str, Measure]:
+    """A contender per route ({contender: "rerank" | "classify"}), warmed up by two requests
+    each (a process's first forwards are slow)."""
     import httpx
 
     def rerank(client: httpx.AsyncClient) -> Scorer:
@@ -364,6 +373,7 @@ def measure_infinity(run: Run, url: str, joiner: str, routes: dict[str, str]) ->
         return score
 
     makers = {"rerank": rerank, "classify": classify}
+    contenders: dict[str, Measure] = {}
     for name, route in routes.items():
         make = makers[route]
 
@@ -373,8 +383,10 @@ def measure_infinity(run: Run, url: str, joiner: str, routes: dict[str, str]) ->
                     await make(client)(item)
 
         asyncio.run(warm())
-        for clients in CLIENTS:
-            measure_online(run, name, scorer_for(make, clients), clients)
+        contenders[name] = lambda clients, name=name, make=make: measure_online(
+            run, name, scorer_for(make, clients), clients
+        )
+    return contenders
 
 
 ENTAILMENT_NAME = ["entailment"]  # set from the model's label map in main
@@ -425,7 +437,7 @@ class Infinity:
         args = [str(venv / "bin" / "infinity_emb"), "v2", "--host", "127.0.0.1"]
         args += ["--port", str(port), "--engine", "torch", "--device", "cpu"]
         # No BetterTransformer (optimum is not installed) and no built-in warm-up (it runs
-        # 32 x 512-token batches, minutes here): measure_infinity warms each route up itself.
+        # 32 x 512-token batches, minutes here): infinity_contenders warms each route up itself.
         args += ["--no-bettertransformer", "--no-model-warmup"]
         for name, path in models.items():
             args += ["--model-id", str(path), "--served-model-name", name, "--dtype", dtype]
@@ -468,15 +480,15 @@ class Infinity:
 # -- zsc ----------------------------------------------------------------------------------------
 
 
-def deploy_zsc(model_dir: Path, settings: dict[str, str]) -> None:
+def deploy_zsc(model_dir: Path, name: str, settings: dict[str, str]) -> None:
+    """An app under /NAME: the default layout (no CPU or thread setting), jobs off (no store to
+    write). Both of the run's apps are up at once, so Ray is given logical CPUs for two."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    serve.delete(APP)
-    # The default layout: no CPU or thread setting; jobs off (no store to write).
     args = {"model": str(model_dir), **settings, "jobs": {"enabled": False}}
-    serve.run(build_app(args), name=APP, route_prefix="/")
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
 
 
 def zsc_warm(url: str, items: Sequence[Item]) -> None:
@@ -530,7 +542,11 @@ def score_check(run: Run, contender: str, clients: int, precision: str) -> dict[
     got = run.scores.get((contender, clients), {})
     items = run.workload(clients)
     diff = max(
-        (float(np.abs(got[i.text] - run.reference[i.text]).max()) for i in items if i.text in got),
+        (
+            float(np.abs(scores - run.reference[i.text]).max())
+            for i in items
+            for scores in got.get(i.text, [])
+        ),
         default=float("nan"),
     )
     tolerance = TOLERANCE["int8" if "int8" in precision else "fp32"]
@@ -572,7 +588,14 @@ def markdown(report: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="15 texts: a smoke run.")
+    parser.add_argument("--quick", action="store_true", help="15 texts, one round: a smoke run.")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="Rounds of every contender in turn, each round starting one later (default 3; "
+        "1 with --quick). pairs/s is the median of the rounds.",
+    )
     parser.add_argument(
         "--fast-backend",
         choices=sorted(FAST_BACKENDS),
@@ -581,7 +604,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_common_args(parser, DEFAULT_OUT / "peers.json", "peers.json")
     parser.add_argument("--venv", type=Path, default=PEERS_VENV)
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    if opts.rounds is None:
+        opts.rounds = 1 if opts.quick else 3
+    return opts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -592,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = ensure_peers_venv(opts.venv.resolve())
 
     import ray
-    import sentence_transformers  # noqa: F401
+    import sentence_transformers
     import torch
     import transformers
 
@@ -632,46 +658,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run = Run(items, plan.one_client_every)
     load_start = loadavg()
-    log("in-process peers")
-    measure_pipeline(run, model_dir)  # first: its scores are the reference
-    st_version = measure_cross_encoder(run, model_dir, indices.entailment)
-
-    venv = opts.venv.resolve()
-    for dtype, models, routes in (
-        ("float32", {"entail": entail_dir, "nli": nli_dir}, INFINITY_FP32_ROUTES),
-        ("int8", {"entail": entail_dir}, {"inf-rerank-int8": "rerank"}),
-    ):
-        log(f"starting infinity ({dtype})")
-        server = Infinity.start(venv, models, REPO / ".zsc" / f"infinity-{dtype}.log", dtype)
-        try:
-            measure_infinity(run, server.url, joiner, routes)
-        finally:
-            server.stop()
-
-    log("starting Ray and Serve")
     cpus = os.cpu_count() or 1
-    with local_serve("zsc-bench-peers", cpus + 1) as url:
+    venv = opts.venv.resolve()
+    with contextlib.ExitStack() as stack:
+        # Every contender is set up and warm before the first measurement: the rounds then
+        # interleave them, so a drift in the machine's load falls on all of them alike.
+        log("in-process peers")
+        contenders = {
+            "hf-pipeline": pipeline_contender(run, model_dir),
+            "st-crossenc": cross_encoder_contender(run, model_dir, indices.entailment),
+        }
+        for dtype, models, routes in (
+            ("float32", {"entail": entail_dir, "nli": nli_dir}, INFINITY_FP32_ROUTES),
+            ("int8", {"entail": entail_dir}, {"inf-rerank-int8": "rerank"}),
+        ):
+            log(f"starting infinity ({dtype})")
+            server = Infinity.start(venv, models, REPO / ".zsc" / f"infinity-{dtype}.log", dtype)
+            stack.callback(server.stop)
+            contenders.update(infinity_contenders(run, server.url, joiner, routes))
+        log("starting Ray and Serve")
+        url = stack.enter_context(local_serve("zsc-bench-peers", 2 * cpus + 1))
         for contender, settings in (
             ("zsc-default", {"backend": "torch"}),
             ("zsc-fast", fast_settings),
         ):
-            deploy_zsc(model_dir, settings)
-            zsc_warm(url, items)
-            measure_zsc(run, contender, url)
+            deploy_zsc(model_dir, contender, settings)
+            zsc_warm(f"{url}/{contender}", items)
+            contenders[contender] = zsc_contender(run, contender, f"{url}/{contender}")
+        names = [name for name in CONTENDERS if name in contenders]
+        for round_ in range(opts.rounds):
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
+            log(f"round {round_ + 1} of {opts.rounds}: {', '.join(order)}")
+            for name in order:
+                for clients in CLIENTS:
+                    contenders[name](clients)
 
     precisions = {k: b for k, (_, b) in CONTENDERS.items()}
     precisions["zsc-fast"] = fast_label
-    results: dict[str, Any] = {}
-    for m in run.measurements:
-        row = results.setdefault(
-            m.contender,
-            {"name": CONTENDERS[m.contender][0], "backend": precisions[m.contender]},
-        )
-        row[str(m.clients)] = {
-            **m.summary(),
-            "check": score_check(run, m.contender, m.clients, precisions[m.contender]),
-        }
-    results = {k: results[k] for k in CONTENDERS}
+    results: dict[str, Any] = {
+        name: {"name": label, "backend": precisions[name]}
+        for name, (label, _) in CONTENDERS.items()
+    }
+    for name, row in results.items():
+        for clients in CLIENTS:
+            rounds = [m for m in run.measurements if (m.contender, m.clients) == (name, clients)]
+            row[str(clients)] = {
+                **summarize(rounds),
+                "check": score_check(run, name, clients, precisions[name]),
+            }
     ratios = {
         zsc: {
             peer: {
@@ -689,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m bench.bench_peers "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "plan": "quick" if opts.quick else "default",
+        "rounds": opts.rounds,
         "seed": opts.seed,
         "machine": {
             "cpus": cpus,
@@ -700,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "zsc_venv": {
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
-                "sentence-transformers": st_version,
+                "sentence-transformers": sentence_transformers.__version__,
                 "ray": ray.__version__,
             },
             "peers_venv": venv_versions(python),

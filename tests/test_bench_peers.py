@@ -1,4 +1,4 @@
-"""The pure parts of bench/bench_peers.py (serve_app/devtools/peers.py), in-process on the tiny
+"""The pure parts of bench/bench_peers.py (bench/peers.py), in-process on the tiny
 random models: the copies a peer serves give the original model's numbers, and the joined pair
 is the pair. No peer server is started here."""
 
@@ -11,14 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from serve_app.core.defaults import DEFAULT_TEMPLATE
-from serve_app.devtools.peers import (
+from bench.peers import (
     joined_matches_pair,
     one_logit_copy,
     pair_joiner,
     raw_logits_copy,
     single_label_scores,
 )
+from serve_app.core.defaults import DEFAULT_TEMPLATE
 from serve_app.devtools.test_models import build_test_model
 
 TEXTS = [
