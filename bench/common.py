@@ -150,6 +150,18 @@ def tree_cpu_seconds(root: int | None = None) -> float:
     return total
 
 
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process). The measure for
+    work spread over processes that come and go outside this process's tree (a Ray Data actor
+    pool ends, unreaped by us, before a tree count could read it); it is only that work's on a
+    machine otherwise idle, so reports that use it record the load average beside it."""
+    times = psutil.cpu_times()._asdict()
+    # Linux counts guest time inside user and nice already; idle and iowait are not busy.
+    return float(
+        sum(v for k, v in times.items() if k not in ("idle", "iowait", "guest", "guest_nice"))
+    )
+
+
 def descendant_nice(pattern: str) -> list[int]:
     """Niceness of this process's descendants whose command line contains pattern."""
     found = []
