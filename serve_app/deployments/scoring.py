@@ -12,7 +12,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.core.errors import OVERLOADED_MESSAGE, Overloaded, ServiceUnavailable
-from serve_app.core.health import Liveness
+from serve_app.core.health import Liveness, Probe
 from serve_app.core.requests import PreparedRequest
 from serve_app.core.results import Classification
 from serve_app.observability import tracing
@@ -32,6 +32,20 @@ def _shedding() -> Iterator[None]:
         ) from None
 
 
+def readiness_probe(handle: DeploymentHandle) -> Probe:
+    """A deployment's readiness probe: its `ping`. A refusal because every replica's queue is
+    full counts as an answer: the router refused with running replicas, so the deployment is up,
+    and a pod reported unready while overloaded would only push its load onto the others."""
+
+    async def probe() -> None:
+        try:
+            await handle.ping.remote()
+        except BackPressureError:
+            return
+
+    return probe
+
+
 class Scorer:
     def __init__(self, classifier: DeploymentHandle, prefilter: DeploymentHandle | None = None):
         self.classifier = classifier
@@ -43,9 +57,9 @@ class Scorer:
         """What answered lately, for /healthz: made in the process that uses it (each ingress
         replica, the job runner), never pickled with a deployment's arguments."""
         if self._liveness is None:
-            self._liveness = Liveness({"Classifier": self.classifier.ping.remote})
+            self._liveness = Liveness({"Classifier": readiness_probe(self.classifier)})
             if self.prefilter is not None:
-                self._liveness.add("Prefilter", self.prefilter.ping.remote)
+                self._liveness.add("Prefilter", readiness_probe(self.prefilter))
         return self._liveness
 
     def __getstate__(self) -> dict[str, Any]:

@@ -134,3 +134,40 @@ def _same_hf(got: list, want: list) -> None:
         assert got_scores.keys() == want_scores.keys()
         for label, score in want_scores.items():
             assert got_scores[label] == pytest.approx(score, abs=1e-5)
+
+
+# --- readiness while the queue is full ---------------------------------------------------------
+
+BUSY_APP, BUSY_S = "busy-probe", 5.0
+
+
+async def test_a_deployment_whose_queue_is_full_counts_as_up() -> None:
+    """/healthz's probe of a deployment whose every replica is busy and whose queue is full: the
+    router refuses the `ping` (BackPressureError), and that counts as an answer, not "missing"."""
+    from ray import serve
+    from ray.serve.exceptions import BackPressureError
+
+    from serve_app.core.health import Liveness
+    from serve_app.deployments.scoring import readiness_probe
+
+    @serve.deployment(
+        max_ongoing_requests=1, max_queued_requests=1, ray_actor_options={"num_cpus": 0}
+    )
+    class Busy:
+        async def ping(self) -> None:
+            await asyncio.sleep(BUSY_S)
+
+    handle = serve.run(Busy.bind(), name=BUSY_APP, route_prefix=None)
+    try:
+        running = handle.ping.remote()  # takes the replica's one slot
+        await asyncio.sleep(0.5)
+        queued = handle.ping.remote()  # takes the queue's one place
+        await asyncio.sleep(0.5)
+        with pytest.raises(BackPressureError):  # so the router refuses whatever comes next
+            await handle.ping.remote()
+        liveness = Liveness({"Busy": readiness_probe(handle)})
+        assert await liveness.missing(timeout_s=2.0) == []
+        await running
+        await queued
+    finally:
+        serve.delete(BUSY_APP, _blocking=False)
