@@ -70,6 +70,7 @@ SUMMARY = re.compile(
     r"done: (\d+) rows, (\d+) skipped .*?, (\d+) scored, (\d+) errors, in ([\d.]+) s"
 )
 JOBS_APP = "zsc-bulk-bench"
+DEFAULT_ROWS, DEFAULT_BACKEND = 512, "torch"  # the run that writes bulk.json
 
 
 # Ray starts its workers at nice 15 by default, below this driver where (c) runs: run
@@ -82,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rows",
         type=int,
-        default=512,
+        default=DEFAULT_ROWS,
         help="Texts in the workload (20,000 x 2 labels: ~35 min per contender in fp32 on 2 cores).",
     )
     parser.add_argument(
@@ -94,7 +95,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--backend",
         choices=("torch", "int8"),
-        default="torch",
+        default=DEFAULT_BACKEND,
         help="The engine backend of all three contenders (int8: one pair per forward).",
     )
     add_common_args(parser, DEFAULT_OUT, "bulk.json")
@@ -103,7 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def results_name(opts: argparse.Namespace) -> str:
     """bulk.json for the default run; other sizes and backends get their own file."""
-    if opts.rows == 512 and opts.backend == "torch":
+    if (opts.rows, opts.backend) == (DEFAULT_ROWS, DEFAULT_BACKEND):
         return "bulk.json"
     return f"bulk-{opts.rows}-{opts.backend}.json"
 

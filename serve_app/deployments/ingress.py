@@ -18,7 +18,7 @@ from serve_app.core.placement import Demand, PlacementError, placement_problem
 from serve_app.core.requests import LabelInput, prepare_request, resolve_top_k
 from serve_app.deployments.cluster import live_nodes, serve_http_host
 from serve_app.deployments.limiter import RateLimitClient
-from serve_app.deployments.scoring import Scorer
+from serve_app.deployments.scoring import Scorer, readiness_probe
 from serve_app.http.app import create_app
 from serve_app.http.middleware.auth import AuthConfigError, exposure_problem, open_or_keys
 from serve_app.http.render import classify_response_body
@@ -66,7 +66,7 @@ class Ingress:
             raise AuthConfigError(problem)
         liveness = scorer.liveness
         if jobs is not None:
-            liveness.add("JobRunner", jobs.ping.remote)
+            liveness.add("JobRunner", readiness_probe(jobs))
         self.services = Services(
             config=config,
             scorer=scorer,

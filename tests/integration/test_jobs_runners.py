@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 import ray
-from live import SERVE_NAMESPACE, bearer, replica_names, wait_for
+from live import SERVE_NAMESPACE, bearer, in_actor, replica_names, wait_for
 from parity import assert_same_results
 from stores import fresh_store_url
 
@@ -132,9 +132,8 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
             " WHERE results IS NOT NULL",
         )  # fmt: skip
     )
-    handle = ray.get_actor(runners[victim], namespace=SERVE_NAMESPACE)
-    pid = ray.get(handle.__ray_call__.remote(lambda _: os.getpid()), timeout=60)
-    ray.kill(handle, no_restart=True)
+    pid = in_actor(runners[victim], SERVE_NAMESPACE, lambda _: os.getpid())
+    ray.kill(ray.get_actor(runners[victim], namespace=SERVE_NAMESPACE), no_restart=True)
     # What it was working on when it died: its leases stay behind it, until they expire. Read
     # at once: waiting for the death first could outlast a lease.
     orphaned = rows(
