@@ -33,7 +33,7 @@ os.environ[ENV_KEYS_VAR] = ",".join(f"{name}:{key}" for name, key in ENV_KEYS.it
 # at a time as there are real cores.
 # What the total decides is what may be placed at once: `zsc` all session (0.6) beside a
 # module's own apps (test_page, test_hf, test_onnx: 1.2 more), a redeploy's old and new
-# replicas (test_graceful), up to 3 autoscaled ones. That peak (~1.8) leaves no room on a 2-core
+# replicas (test_graceful), up to 2 autoscaled ones. That peak (~1.8) leaves no room on a 2-core
 # machine and does not fit on 1 core, and a replica Ray cannot place never fails: it waits,
 # PENDING, until the test times out. 8 places everything on any machine; ZSC_TEST_CPUS=N
 # overrides it.
@@ -144,11 +144,16 @@ def deploy_app(serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pyte
     jobs_dir = tmp_path_factory.mktemp("job-stores")
 
     def deploy(name: str, **overrides: Any) -> str:
+        # Jobs cost a JobRunner replica: on in `zsc` and in apps that pass `jobs` (`{}` for the
+        # defaults), off in the others.
+        jobs = overrides.pop("jobs", {} if name == "zsc" else {"enabled": False})
+        if "store" not in jobs:
+            jobs = {"db_path": str(jobs_dir / f"{name}.sqlite3"), **jobs}
         args: dict[str, Any] = {
             "model": str(tiny_model_dir),
             "classifier": {"num_cpus": 0.5},
             "ingress": {"num_cpus": 0.1},
-            "jobs": {"db_path": str(jobs_dir / f"{name}.sqlite3")},
+            "jobs": jobs,
         }
         args.update(overrides)
         prefix = "/" if name == "zsc" else f"/{name}"

@@ -1,7 +1,7 @@
 """Autoscaling: under load the Classifier grows past one running replica, and shrinks back to
 one when the load stops.
 
-The app is deployed with `classifier.autoscaling` (min 1, max 3, target 2 ongoing requests per
+The app is deployed with `classifier.autoscaling` (min 1, max 2, target 2 ongoing requests per
 replica) and short delays and metric intervals, so Serve reacts within seconds instead of the
 production defaults (30 s up, 10 min down). Concurrent HTTP clients keep far more than
 2 x max_replicas requests in flight at the Classifier; the test watches the deployment's replica
@@ -21,7 +21,7 @@ from ray import serve
 pytestmark = pytest.mark.ray
 
 APP = "autoscale"
-MIN_REPLICAS, MAX_REPLICAS = 1, 3
+MIN_REPLICAS, MAX_REPLICAS = 1, 2
 AUTOSCALING = {
     "min_replicas": MIN_REPLICAS,
     "max_replicas": MAX_REPLICAS,
@@ -37,7 +37,7 @@ BODY = {
     "texts": [f"Report {i}: the council approved the new stadium budget." for i in range(8)],
     "labels": ["sports", "politics", "finance", "weather"],
 }
-CLIENTS = 24  # requests in flight: 8 per replica even at the maximum, well above the target
+CLIENTS = 16  # requests in flight: 8 per replica even at the maximum, well above the target
 # The autoscaler decides within seconds; a new replica then starts a worker process and loads
 # the model, which takes 20-30 s on a busy 2-core machine. These bounds are only for a defect.
 GROW_TIMEOUT_S = 180.0
@@ -58,10 +58,9 @@ def test_classifier_scales_up_under_load_and_back_down(deploy_app) -> None:
     url = deploy_app(
         APP,
         classifier={"num_cpus": 0.1, "autoscaling": AUTOSCALING},
-        # Unbounded admission: this test is about the autoscaler, and its 24 x 32 pairs in flight
+        # Unbounded admission: this test is about the autoscaler, and its 16 x 32 pairs in flight
         # are past the default overload bound (test_overload_serve covers that bound).
         ingress={"num_cpus": 0.1, "max_scoring_pairs": 0},
-        jobs={"enabled": False},
     )
     assert classifier_states() == {"RUNNING": MIN_REPLICAS}
 

@@ -134,13 +134,13 @@ async def test_submit_works_inside_a_running_loop(zsc_handle, http_reference) ->
 
 
 WAITING_APP = "futures-wait"
-BATCH_WAIT_S = 5.0
+BATCH_WAIT_S = 3.0
 
 
 @pytest.fixture(scope="module")
 def waiting_app(deploy_app) -> tuple[DeploymentHandle, DeploymentHandle]:
-    """An app whose Classifier holds every batch open for 5 s (batching's longest wait) under a
-    token budget no request here fills: a request's pairs sit queued in the replica for 5 s
+    """An app whose Classifier holds every batch open for 3 s under a token
+    budget no request here fills: a request's pairs sit queued in the replica for 3 s
     before the model runs them, long enough for a cancel to reach them there."""
     deploy_app(
         WAITING_APP,
@@ -162,9 +162,9 @@ async def test_cancelling_the_asyncio_future_cancels_the_request(waiting_app) ->
     future.cancel()
     with pytest.raises(asyncio.CancelledError):
         await future
-    # The batch they were queued in has closed since (5 s after they came): had the cancel not
+    # The batch they were queued in has closed since (3 s after they came): had the cancel not
     # reached the replica, the model would have run them by now. Serve drops cancelled pairs.
-    await asyncio.sleep(BATCH_WAIT_S + 3)
+    await asyncio.sleep(BATCH_WAIT_S + 2)
     stats = await classifier.batch_stats.remote()
     assert stats["batches"] == 0, f"the cancelled request's pairs were run: {stats}"
 

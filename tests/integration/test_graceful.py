@@ -21,9 +21,9 @@ BODY = {
     "labels": ["sports", "politics", "finance", "weather"],
 }
 CLIENTS = 4
-# Jobs are off: the JobRunner is not on the request path this test is about.
-BEFORE = {"classifier": {"num_cpus": 0.5}, "ingress": {"num_cpus": 0.1}, "jobs": {"enabled": False}}
-AFTER = {"classifier": {"num_cpus": 0.4}, "ingress": {"num_cpus": 0.05}, "jobs": {"enabled": False}}
+# Jobs are off (deploy_app's default): the JobRunner is not on the request path tested here.
+BEFORE = {"classifier": {"num_cpus": 0.5}, "ingress": {"num_cpus": 0.1}}
+AFTER = {"classifier": {"num_cpus": 0.4}, "ingress": {"num_cpus": 0.05}}
 
 
 def serving_replicas() -> set[str]:

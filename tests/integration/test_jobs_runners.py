@@ -114,17 +114,26 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
     # Kill a runner while it holds a lease on some chunk (it is mid-job).
     runners = {name.rsplit("#", 1)[-1]: name for name in replica_names(APP, "JobRunner")}
     assert len(runners) == 2
+    # Their pids first, so that nothing stands between seeing the victim's leases and the kill.
+    pids = {
+        r: in_actor(name, SERVE_NAMESPACE, lambda _: os.getpid()) for r, name in runners.items()
+    }
 
-    # Any runner with a lease once some chunks are done: waiting for both to hold leases at the
-    # same instant was a race the jobs could finish before (the other runner, or the replica
-    # Serve starts in the victim's place, takes over its chunks either way).
-    def a_leasing_runner() -> str | None:
-        held = rows(store_url, "SELECT DISTINCT runner_id FROM leases WHERE expires_at > 0")
-        leasing = {r for (r,) in held} & set(runners)
+    # Any runner with a lease once some chunks are done (waiting for both to hold leases at the
+    # same instant was a race the jobs could finish before): it, and the leases it holds.
+    def a_leasing_runner() -> tuple[str, list[tuple[str, float]]] | None:
+        held = rows(
+            store_url,
+            "SELECT runner_id, job_id || '/' || chunk_index, expires_at FROM leases"
+            " WHERE expires_at > 0",  # 0: given back
+        )
         done = rows(store_url, "SELECT count(*) FROM chunks WHERE results IS NOT NULL")[0][0]
-        return sorted(leasing)[0] if leasing and done >= 4 else None
+        leasing = sorted({r for r, _, _ in held} & set(runners))
+        if not leasing or done < 4:
+            return None
+        return leasing[0], [(chunk, expires) for r, chunk, expires in held if r == leasing[0]]
 
-    victim = wait_for(a_leasing_runner, 120, "a runner to hold a lease mid-job", every_s=0.05)
+    victim, seen = wait_for(a_leasing_runner, 120, "a runner to hold a lease mid-job", every_s=0.05)
     before = dict(
         rows(
             store_url,
@@ -132,18 +141,22 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
             " WHERE results IS NOT NULL",
         )  # fmt: skip
     )
-    pid = in_actor(runners[victim], SERVE_NAMESPACE, lambda _: os.getpid())
     ray.kill(ray.get_actor(runners[victim], namespace=SERVE_NAMESPACE), no_restart=True)
-    # What it was working on when it died: its leases stay behind it, until they expire. Read
-    # at once: waiting for the death first could outlast a lease.
-    orphaned = rows(
-        store_url,
-        "SELECT job_id || '/' || chunk_index, expires_at FROM leases WHERE runner_id = %s",
-        victim,
+    # What it was working on when it died: the leases just seen (any it let go of since, it
+    # let go of by recording the chunk, before it died) and those it took since, which stay
+    # behind it until they expire. Read at once: waiting for the death first could outlast one.
+    orphaned = dict(seen)
+    orphaned.update(
+        rows(
+            store_url,
+            "SELECT job_id || '/' || chunk_index, expires_at FROM leases WHERE runner_id = %s",
+            victim,
+        )
     )
     assert orphaned, "the killed runner held no chunk"
     # ray.kill returns before the process exits (and Ray reports the actor dead before that): in
     # that moment the victim may still record a chunk. Its process gone, it records nothing more.
+    pid = pids[victim]
     wait_for(lambda: not process_running(pid), 60, "the killed runner's exit", every_s=0.02)
     dead_at = time.time()
 
@@ -167,7 +180,7 @@ def test_a_runner_killed_mid_job_loses_nothing(url: str, store_url: str) -> None
     assert {k: after[k] for k in before} == before
     # The dead runner's chunks were finished by the victim in its last moment, or by another
     # runner once their leases had expired: never taken over under a live lease.
-    for chunk, expires_at in orphaned:
+    for chunk, expires_at in orphaned.items():
         recorded = after[chunk]
         assert recorded is not None and (recorded <= dead_at or recorded >= expires_at), (
             chunk,

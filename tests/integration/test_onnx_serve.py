@@ -20,7 +20,7 @@ def test_served_onnx_equals_the_pipeline_and_the_replica_has_no_torch(
     deploy_app, onnx_models: dict[str, Path], name: str
 ) -> None:
     app = f"onnx-{name}"
-    url = deploy_app(app, model=str(onnx_models[name]), backend="onnx", jobs={"enabled": False})
+    url = deploy_app(app, model=str(onnx_models[name]), backend="onnx")
     reference = pipeline("zero-shot-classification", model=str(onnx_models[name]), device="cpu")
     for case in CASES:
         response = httpx.post(f"{url}/v1/classify", json=case.body(), timeout=60)

@@ -46,6 +46,7 @@ def url(deploy_app) -> str:
         classifier={"num_cpus": 0.5, "max_ongoing_requests": 2, "max_queued_requests": 2},
         # One /v1/classify request (8 x 8 pairs) or two Hugging Face ones (4 x 8) at a time.
         ingress={"max_scoring_pairs": 64},
+        jobs={},
     )
 
 

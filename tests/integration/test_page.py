@@ -204,7 +204,6 @@ def prefilter_url(deploy_app, tmp_path_factory: pytest.TempPathFactory) -> str:
     return deploy_app(
         "page-prefilter",
         prefilter={"model": str(bi_encoder), "top_k": 5, "deployment": {"num_cpus": 0.25}},
-        jobs={"enabled": False},
     )
 
 

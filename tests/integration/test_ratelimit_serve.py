@@ -119,7 +119,6 @@ def limited_app(deploy_app, name: str, **rate_limit: object) -> str:
             "timeout_s": 5.0,
             **rate_limit,
         },
-        jobs={"enabled": False},  # one replica less on this machine; jobs test a bare client
     )
 
 
@@ -430,7 +429,6 @@ def keys_url(deploy_app) -> str:
             "overrides": {"gold": {"rate": 0.01, "burst": 6}},
             "timeout_s": 5.0,
         },
-        jobs={"enabled": False},
     )
 
 

@@ -42,6 +42,7 @@ def url(deploy_app) -> str:
         "secure",
         auth={"api_key_hashes": {"alice": hash_key(ALICE), "bob": hash_key(BOB)}},
         limits={"max_body_bytes": MAX_BODY, "body_timeout_s": BODY_TIMEOUT_S},
+        jobs={},
     )
 
 

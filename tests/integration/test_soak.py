@@ -70,7 +70,6 @@ def test_soak_at_80_percent_of_capacity(deploy_app) -> None:
         APP,
         auth={"api_key_hashes": {"soak": hash_key(KEY)}},
         rate_limit={"enabled": True, "default": {"rate": 1e6, "burst": 1e6}, "timeout_s": 2.0},
-        jobs={"enabled": False},
     )
     endpoint = f"{url}/v1/classify"
     headers = {"Authorization": f"Bearer {KEY}"}
