@@ -193,16 +193,16 @@ def reference(tiny_model_dir: Path):
 def test_parquet_rows_equal_the_service_and_the_pipeline(
     tmp_path: Path, tiny_model_dir: Path, ray_address: str, ref_url: str, reference
 ) -> None:
-    texts = mixed_texts(1200)
+    texts = mixed_texts(3000)
     ids = [f"doc-{i}" for i in range(len(texts))]
     text_of = dict(zip(ids, texts))
     source = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"doc": ids, "body": texts}), source, row_group_size=300)
+    pq.write_table(pa.table({"doc": ids, "body": texts}), source, row_group_size=700)
     out = tmp_path / "out"
     run = start_bulk(
         str(source), str(out), "--labels", ",".join(LABELS), "--text-column", "body",
         "--id-column", "doc", "--model", str(tiny_model_dir), "--address", ray_address,
-        "--actors", "1", "--batch-rows", "200", *ONE_PAIR_FORWARDS,
+        "--actors", "1", "--batch-rows", "500", *ONE_PAIR_FORWARDS,
     )  # fmt: skip
     with running(run):
         answers = classify_http(ref_url, text_of)
@@ -210,7 +210,7 @@ def test_parquet_rows_equal_the_service_and_the_pipeline(
         pipeline_says = {i: reference(text_of[i], candidate_labels=LABELS) for i in sample}
     done = finish(run)
     assert done.returncode == 0, done.stderr
-    assert summary(done.stderr) == {"rows": 1200, "skipped": 0, "scored": 1200, "errors": 0}
+    assert summary(done.stderr) == {"rows": 3000, "skipped": 0, "scored": 3000, "errors": 0}
     rows = read_output(out, "doc")
     assert sorted(r["doc"] for r in rows) == sorted(ids)  # each id exactly once
     assert set(rows[0]) == {"doc", "body", "labels", "scores", "truncated"}
