@@ -14,11 +14,15 @@ STAMP := $(VENV)/.zsc-installed
 # would pull a multi-GB CUDA build on machines without a GPU). A client-only install is just
 # `pip install .` (README, "Install"). pip takes torch (it finds a local copy of the wheel where
 # the machine has one, PIP_FIND_LINKS) and uv the rest: the same packages, resolved and unpacked
-# in parallel, in a seventh of pip's time; uv keeps the torch it finds installed.
+# in parallel, in half pip's time. uv is told the torch pin again (it would otherwise be free to
+# move torch), trusts the system's certificate store as pip does, and writes bytecode as pip does:
+# without it every Ray worker compiles torch, transformers and Ray from source at each start (the
+# suite took twice the CPU where PYTHONDONTWRITEBYTECODE is set).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 uv==0.13.8
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[serve,onnx,prefilter,tracing,test,bench]"
+	$(BIN)/uv pip install -q --system-certs --compile-bytecode --python $(BIN)/python \
+		-e ".[serve,onnx,prefilter,tracing,test,bench]" torch==2.13.0
 	touch $(STAMP)
 
 install: $(STAMP)

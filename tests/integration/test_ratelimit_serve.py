@@ -220,7 +220,7 @@ async def test_sixteen_clients_on_two_replicas_get_the_limit_and_no_more(
     url = request.getfixturevalue(app)
     # Two keys, 8 clients each: in different shards of "rl3", in the one actor of "rl".
     addresses = addresses_on_distinct_shards(2, first=20)
-    state = await load(url, addresses, seconds=5.0)
+    state = await load(url, addresses, seconds=3.0)
     for address in addresses:
         assert_limited_exactly(state.of(address), end=state.last_received())
 
