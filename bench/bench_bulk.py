@@ -98,7 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_BACKEND,
         help="The engine backend of all three contenders (int8: one pair per forward).",
     )
-    add_common_args(parser, DEFAULT_OUT, "bulk.json")
+    add_common_args(parser, DEFAULT_OUT, "bulk.json (bulk-ROWS-BACKEND.json for other runs)")
     return parser.parse_args(argv)
 
 

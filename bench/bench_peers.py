@@ -685,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             deploy_zsc(model_dir, contender, settings)
             zsc_warm(f"{url}/{contender}", items)
             contenders[contender] = zsc_contender(run, contender, f"{url}/{contender}")
-        names = [name for name in CONTENDERS if name in contenders]
+        names = list(CONTENDERS)  # every contender is set up above, in the table's order
         for round_ in range(opts.rounds):
             order = names[round_ % len(names) :] + names[: round_ % len(names)]
             log(f"round {round_ + 1} of {opts.rounds}: {', '.join(order)}")
