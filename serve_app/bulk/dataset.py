@@ -67,6 +67,25 @@ def classify_dataset(
         settings = ModelConfig(model=model)
     else:
         settings = model
+    return scoring_step(
+        ds, BulkClassifier, (task, settings), num_cpus=num_cpus, num_gpus=num_gpus,
+        actors=actors, batch_rows=batch_rows, **ray_remote_args,
+    )  # fmt: skip
+
+
+def scoring_step(
+    ds: Dataset,
+    actor: type[BulkClassifier],
+    constructor_args: tuple[Any, ...],
+    *,
+    num_cpus: float,
+    num_gpus: float,
+    actors: int | None,
+    batch_rows: int,
+    **ray_remote_args: Any,
+) -> Dataset:
+    """`map_batches` over a fixed pool of `actor` (BulkClassifier or a subclass), built with
+    `constructor_args`: `classify_dataset`'s step, and `zsc bulk`'s, whose actor also writes."""
     size = actors or pool_size(num_cpus, num_gpus)
     # Ray Data queues up to 4 batches on an actor by default, and an autoscaling pool lets an
     # actor go as soon as every batch is handed out (or when half the pool is between
@@ -78,8 +97,8 @@ def classify_dataset(
     # second: the next one is fetched while it runs).
     in_flight = 2 if num_gpus > 0 else 1
     return ds.map_batches(
-        BulkClassifier,
-        fn_constructor_args=(task, settings),
+        actor,
+        fn_constructor_args=constructor_args,
         batch_size=batch_rows,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=in_flight),

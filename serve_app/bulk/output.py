@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -21,8 +22,9 @@ import pyarrow.fs as pafs
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from serve_app.bulk.actor import ERROR_COLUMN
+from serve_app.bulk.actor import ERROR_COLUMN, BulkClassifier, BulkTask
 from serve_app.bulk.inputs import BulkInputError
+from serve_app.config import ModelConfig
 
 ERRORS_DIR = "_errors"
 SETTINGS_FILE = "_zsc_bulk.json"
@@ -69,6 +71,35 @@ def write_part(
         else:
             _write_atomic(fs, directory, name + ".jsonl", _jsonl_writer(fs, good.to_pylist()))
     return pa.table({"rows": [batch.num_rows], "errors": [bad.num_rows]})
+
+
+@dataclass(frozen=True)
+class PartSink:
+    """Where a run's parts go."""
+
+    fs: pafs.FileSystem
+    directory: str
+    fmt: str
+    id_column: str
+
+
+class PartWriter(BulkClassifier):
+    """`zsc bulk`'s actor: scores a block and writes it as its part in the same call, answering
+    the counts. A separate write step would be a Ray task per part, in worker processes of its
+    own (a Ray Data task cannot be fused after an actor pool), with every scored block carried
+    to it through the object store."""
+
+    def __init__(
+        self, task: BulkTask, settings: ModelConfig, sink: PartSink, cpu_budget: float | None = None
+    ) -> None:
+        super().__init__(task, settings, cpu_budget)
+        self.sink = sink
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        sink = self.sink
+        return write_part(
+            super().__call__(batch), sink.fs, sink.directory, sink.fmt, sink.id_column
+        )
 
 
 def _part_files(fs: pafs.FileSystem, directory: str) -> list[pafs.FileInfo]:

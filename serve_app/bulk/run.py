@@ -1,13 +1,15 @@
 """One `zsc bulk` run: check the input, skip what OUTPUT already holds, score the rest.
 
 The pipeline is Ray Data's, streamed block by block: read each input file (one task per file,
-rows numbered, finished ids dropped) -> `classify_dataset` (the actor pool) -> write each
-scored batch as a part -> a count per part, which the driver reads to drive the progress bar.
+rows numbered, finished ids dropped) -> blocks of `batch_rows` -> the actor pool of
+`classify_dataset`, whose actors (PartWriter) also write each scored block as a part -> a count
+per part, which the driver reads to drive the progress bar.
 The checks run before Ray does any work, so a bad input costs a second, not a cluster start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from serve_app.bulk.inputs import (
     read_batches,
     scan_file,
 )
-from serve_app.bulk.output import ERRORS_DIR, done_ids, prepare_output, write_part
+from serve_app.bulk.output import ERRORS_DIR, PartSink, PartWriter, done_ids, prepare_output
 from serve_app.config import ModelConfig
 
 
@@ -169,15 +171,15 @@ def bulk_dataset(plan: BulkPlan) -> Any:
     """The lazy Ray Data pipeline of a plan; each output row counts one written part."""
     import ray
 
-    from serve_app.bulk.dataset import classify_dataset
+    from serve_app.bulk.dataset import scoring_step
 
     options, task = plan.options, plan.options.task
     files = ray.data.from_items(
         [{"path": f.path, "fmt": f.fmt, "first_row": f.first_row} for f in plan.files],
         override_num_blocks=len(plan.files),
     )
-    # Reading and writing wait on I/O: they reserve no CPU, so an actor pool that takes every
-    # CPU can never starve them.
+    # Reading waits on I/O: it reserves no CPU, so an actor pool that takes every CPU can never
+    # starve it.
     rows = files.map_batches(
         _read_files,
         batch_size=1,
@@ -188,29 +190,13 @@ def bulk_dataset(plan: BulkPlan) -> Any:
         },
         num_cpus=0,
     )  # fmt: skip
-    scored = classify_dataset(
-        _blocks_of(rows, options.batch_rows),
-        task.labels,
-        hypothesis_template=task.hypothesis_template,
-        multi_label=task.multi_label,
-        text_column=task.text_column,
-        id_column=plan.id_column,
-        keep_text=task.keep_text,
-        model=options.settings,
-        num_cpus=options.num_cpus,
-        num_gpus=options.num_gpus,
-        actors=options.actors,
+    # The actors score each block and write it as its part: the step's output is the counts.
+    sink = PartSink(plan.out_fs, plan.out_dir, options.fmt, plan.id_column)
+    return scoring_step(
+        _blocks_of(rows, options.batch_rows), PartWriter,
+        (dataclasses.replace(task, id_column=plan.id_column), options.settings, sink),
+        num_cpus=options.num_cpus, num_gpus=options.num_gpus, actors=options.actors,
         batch_rows=options.batch_rows,
-    )
-    return scored.map_batches(
-        write_part,
-        batch_size=None,
-        batch_format="pyarrow",
-        fn_kwargs={
-            "fs": plan.out_fs, "directory": plan.out_dir, "fmt": options.fmt,
-            "id_column": plan.id_column,
-        },
-        num_cpus=0,
     )  # fmt: skip
 
 

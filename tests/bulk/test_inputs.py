@@ -119,3 +119,33 @@ def test_the_actor_scores_like_the_pipeline_and_reports_bad_rows(tiny_model_dir:
         )  # fmt: skip
         assert row["labels"] == want["labels"]
         assert row["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def test_the_writing_actor_writes_what_the_scorer_answers(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`zsc bulk`'s actor: one call scores a block, writes its scored rows as one part and its
+    unscored ones as one error part, and answers the counts."""
+    import pyarrow.fs as pafs
+
+    from serve_app.bulk.output import PartSink, PartWriter
+
+    task = bulk_task(LABELS, id_column="id")
+    settings = ModelConfig(model=str(tiny_model_dir))
+    batch = pa.table({"id": [1, 2, 3], "text": pa.array(["rain", None, "stocks"], pa.string())})
+    scored = BulkClassifier(task, settings)(batch).to_pylist()
+    out = tmp_path / "out"
+    out.mkdir()
+    sink = PartSink(pafs.LocalFileSystem(), str(out), "parquet", "id")
+    counts = PartWriter(task, settings, sink)(batch).to_pylist()
+    assert counts == [{"rows": 3, "errors": 1}]
+    (part,) = out.glob("part-*.parquet")
+    (errors,) = (out / "_errors").glob("part-*.jsonl")
+    assert part.stem == errors.stem  # one block, one name
+    assert pq.read_table(part).to_pylist() == [
+        {k: v for k, v in row.items() if k != "error"} for row in scored if row["error"] is None
+    ]
+    assert [json.loads(line) for line in errors.read_text().splitlines()] == [
+        {"id": 2, "error": "text is null"}
+    ]
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
