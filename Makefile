@@ -10,18 +10,21 @@ STAMP := $(VENV)/.zsc-installed
 .PHONY: install run demo test test-fast lint browser postgres soak bench bench-peers bench-gpu clean
 
 # The whole development set: the server (torch), ONNX Runtime, the prefilter, tests, benchmarks.
-# torch is pinned first: 2.13.0 is the CPU build this project is tested with (a plain `torch`
-# would pull a multi-GB CUDA build on machines without a GPU). A client-only install is just
-# `pip install .` (README, "Install"). pip takes torch (it finds a local copy of the wheel where
-# the machine has one, PIP_FIND_LINKS) and uv the rest: the same packages, resolved and unpacked
-# in parallel, in half pip's time. uv is told the torch pin again (it would otherwise be free to
-# move torch), trusts the system's certificate store as pip does, and writes bytecode as pip does:
-# without it every Ray worker compiles torch, transformers and Ray from source at each start (the
-# suite took twice the CPU where PYTHONDONTWRITEBYTECODE is set).
+# torch is pinned: 2.13.0 is the CPU build this project is tested with (a plain `torch` would pull
+# a multi-GB CUDA build on machines without a GPU). A client-only install is just `pip install .`
+# (README, "Install"). pip installs uv, and uv everything else: resolved, unpacked and compiled
+# in parallel, in about half pip's time. uv does not read pip's settings, so it is given pip's
+# find-links (where a machine keeps its local torch wheel: PIP_FIND_LINKS or pip's config) and
+# the system's certificate store, and writes bytecode as pip does: without it every Ray worker
+# compiles torch, transformers and Ray from source at each start (the suite took twice the CPU
+# where PYTHONDONTWRITEBYTECODE is set).
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch==2.13.0 uv==0.13.8
+	$(BIN)/pip install -q uv==0.13.8
 	$(BIN)/uv pip install -q --system-certs --compile-bytecode --python $(BIN)/python \
+		$(foreach link,$(FIND_LINKS),--find-links $(link)) \
 		-e ".[serve,onnx,prefilter,tracing,test,bench]" torch==2.13.0
 	touch $(STAMP)
 
