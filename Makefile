@@ -47,8 +47,9 @@ browser:
 postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
-# Workers of `make test` (pytest-xdist), each with its own Ray instance and whole modules: most
-# real-Ray tests wait on Ray (replicas starting, leases expiring, buckets refilling), not on cores.
+# Workers of `make test` (pytest-xdist), each given whole modules, all on one Ray instance
+# (tests/conftest.py): most real-Ray tests wait on Ray (replicas starting, leases expiring,
+# buckets refilling), not on cores.
 TEST_WORKERS ?= 2
 
 # Every test but the soak (`make soak`, about 10 minutes of steady load), and the lint gate beside

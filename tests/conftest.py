@@ -1,14 +1,17 @@
-"""Shared fixtures: one tiny random NLI model and one local Ray/Serve instance per session.
+"""Shared fixtures: one tiny random NLI model and one local Ray/Serve instance per test run.
 
-Ray starts once (about 8 s) and every integration test deploys into it. Tests that need their
-own configuration deploy another application under its own name and route prefix with
-`deploy_app`, so they never disturb the default `zsc` app.
+Ray starts once (about 8 s), in whichever pytest-xdist worker needs it first; the other workers
+connect to it, and every integration test deploys into it. Tests that need their own
+configuration deploy another application under its own name and route prefix with `deploy_app`,
+so they never disturb the default `zsc` app (deployed once, for every worker).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,26 +21,32 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# A local Ray 2.60 instance requires a token (~/.ray/auth_token, created by the first one) and
+# sets RAY_AUTH_MODE in its own process only; Ray reads the mode once, at import. Set here, in
+# every process of the run before Ray is imported, the xdist workers that connect to the shared
+# instance (and the CLIs they start) present the token too.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 # API keys in the environment: Ray workers inherit this process's environment, so an app with
 # `auth.api_keys_env: ZSC_TEST_API_KEYS` reads them as a pod reads ZSC_API_KEYS (test_auth).
-# Random per session; no other app reads this variable.
+# Random per run: set in the pytest process that starts first (xdist's controller), inherited by
+# its workers and so by the Ray they share. No other app reads this variable.
 ENV_KEYS_VAR = "ZSC_TEST_API_KEYS"
-ENV_KEYS = {"erin": "erin-" + secrets.token_hex(12)}
-os.environ[ENV_KEYS_VAR] = ",".join(f"{name}:{key}" for name, key in ENV_KEYS.items())
+os.environ.setdefault(ENV_KEYS_VAR, "erin:erin-" + secrets.token_hex(12))
+ENV_KEYS = dict(pair.split(":", 1) for pair in os.environ[ENV_KEYS_VAR].split(","))
 
 # Ray's CPUs are a placement budget here, not cores. A replica's threads follow its own
 # reservation (serve_app/engine/threads.py: OMP_NUM_THREADS, which Ray sets to the floor of the
 # replica's num_cpus, at least 1; `num_cpus: auto` is capped by the affinity mask), so a 0.5-CPU
 # Classifier runs one thread whatever the total says, and Ray starts workers at most as many
 # at a time as there are real cores.
-# What the total decides is what may be placed at once: `zsc` all session (0.6) beside a
-# module's own apps (test_page, test_hf, test_onnx: 1.2 more), a redeploy's old and new
-# replicas (test_graceful), up to 2 autoscaled ones. That peak (~1.8) leaves no room on a 2-core
-# machine and does not fit on 1 core, and a replica Ray cannot place never fails: it waits,
-# PENDING, until the test times out. 8 places everything on any machine; ZSC_TEST_CPUS=N
-# overrides it.
-TEST_RAY_CPUS = 8
+# What the total decides is what may be placed at once: `zsc` all session (0.6) beside each
+# worker's module apps (test_page, test_hf, test_onnx: 1.2 more), a redeploy's old and new
+# replicas (test_graceful), up to 2 autoscaled ones. That peak (~1.8 a worker) leaves no room on
+# a 2-core machine and does not fit on 1 core, and a replica Ray cannot place never fails: it
+# waits, PENDING, until the test times out. 16 places everything for several workers on any
+# machine; ZSC_TEST_CPUS=N overrides it.
+TEST_RAY_CPUS = 16
 
 from serve_app.devtools.ports import free_port  # noqa: E402
 from serve_app.devtools.test_models import build_test_model  # noqa: E402
@@ -56,9 +65,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("ray") is None)  # stable: order kept
 
 
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory of this test run that all its xdist workers share (their base temp
+    directories' parent; the base temp itself without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_test_model(tmp_path_factory.mktemp("models") / "tiny")
+    """Built once a run: the workers' apps on the shared Ray load the same directory."""
+    from filelock import FileLock
+
+    shared = shared_dir(tmp_path_factory)
+    with FileLock(shared / "tiny-model.lock"):
+        path = shared / "models" / "tiny"
+        if not (path / "config.json").exists():
+            build_test_model(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -109,26 +133,66 @@ def onnx_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def serve_instance() -> Iterator[str]:
-    """Start Ray and Serve once; yields the HTTP base URL of the Serve proxy."""
+def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Ray and Serve, once a run; yields the HTTP base URL of the Serve proxy.
+
+    The first worker to ask starts them in its own process (a fresh local instance, never a
+    cluster some `ray start` left running) and the others connect: one Ray's start and upkeep
+    instead of one per worker. Each worker signs in under a file of its own; the starting one
+    stops Ray when no other is signed in."""
     import ray
+    from filelock import FileLock
     from ray import serve
 
-    # address="local": always a fresh instance, never a cluster some `ray start` left running.
-    ray.init(
-        address="local",
-        num_cpus=int(os.environ.get("ZSC_TEST_CPUS", TEST_RAY_CPUS)),
-        include_dashboard=False,
-        log_to_driver=os.environ.get("ZSC_TEST_RAY_LOGS") == "1",
-        namespace="zsc-tests",
-    )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    # This process started the local cluster, so ray.shutdown() stops all of it, Serve's actors
-    # and every replica included, in about a second; serve.shutdown() first would stop each
-    # replica gracefully (seconds more) only for the cluster to go anyway.
+    shared = shared_dir(tmp_path_factory)
+    lock = FileLock(shared / "ray.lock")
+    info_path, users = shared / "ray.json", shared / "ray-users"
+    me = users / str(os.getpid())
+    logs = os.environ.get("ZSC_TEST_RAY_LOGS") == "1"
+    with lock:
+        started = not info_path.exists()
+        if started:
+            ray.init(
+                address="local",
+                num_cpus=int(os.environ.get("ZSC_TEST_CPUS", TEST_RAY_CPUS)),
+                include_dashboard=False,
+                log_to_driver=logs,
+                namespace="zsc-tests",
+            )
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            info = {"address": ray.get_runtime_context().gcs_address, "port": port}
+            info_path.write_text(json.dumps(info))
+        else:
+            info = json.loads(info_path.read_text())
+            ray.init(address=info["address"], log_to_driver=logs, namespace="zsc-tests")
+        users.mkdir(exist_ok=True)
+        me.touch()
+    yield f"http://127.0.0.1:{info['port']}"
+    with lock:
+        me.unlink()
+    # Until the other workers are done with it (a worker that died is not waited for): checked
+    # and given up under the lock, so no worker connects to a Ray that is about to stop.
+    deadline = time.monotonic() + 1800
+    while started:
+        with lock:
+            if time.monotonic() > deadline or not any(_alive(int(u.name)) for u in users.iterdir()):
+                info_path.unlink()
+                break
+        time.sleep(0.5)
+    # In the process that started the local cluster, ray.shutdown() stops all of it, Serve's
+    # actors and every replica included, in about a second (serve.shutdown() first would stop
+    # each replica gracefully, seconds more, only for the cluster to go anyway); elsewhere it
+    # disconnects.
     ray.shutdown()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +229,37 @@ def deploy_app(serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pyte
     return deploy
 
 
+@pytest.fixture(scope="session")
+def apply_serve_config(serve_instance: str, tmp_path_factory: pytest.TempPathFactory):
+    """`apply(name, config)`: deploy one application from its config, as `serve deploy` and
+    KubeRay do (Serve's declarative API); `apply(name, None)` deletes it.
+
+    Applying a config deletes every declaratively deployed app it does not name, and the xdist
+    workers share one Serve: each apply names all of this run's (kept in a file beside the
+    Ray), so one worker's never removes another's. Those it names unchanged stay as they are."""
+    from filelock import FileLock
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    shared = shared_dir(tmp_path_factory)
+
+    def apply(name: str, config: dict[str, Any] | None) -> None:
+        path = shared / "declarative-apps.json"
+        with FileLock(shared / "declarative-apps.lock"):
+            apps = json.loads(path.read_text()) if path.exists() else {}
+            if config is None:
+                apps.pop(name, None)
+                serve.delete(name)
+            else:
+                apps[name] = {**config, "name": name}
+                schema = ServeDeploySchema.model_validate({"applications": list(apps.values())})
+                _get_global_client().deploy_apps(schema)
+            path.write_text(json.dumps(apps))
+
+    return apply
+
+
 # Apps a test module deployed besides `zsc`; deleted when the module ends so their replicas
 # don't crowd the 2-core CI machine for the rest of the session.
 _deployed_this_module: set[str] = set()
@@ -193,9 +288,17 @@ def delete_app(name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def zsc_url(deploy_app) -> str:
-    """The default application, `zsc`, on the tiny model."""
-    return deploy_app("zsc")
+def zsc_url(deploy_app, serve_instance: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The default application, `zsc`, on the tiny model: deployed by the first worker to ask,
+    found running by the others (deploying it again would replace its replicas under them)."""
+    from filelock import FileLock
+    from ray import serve
+
+    with FileLock(shared_dir(tmp_path_factory) / "zsc.lock"):
+        status = serve.status().applications.get("zsc")
+        if status is not None and status.status == "RUNNING":
+            return serve_instance
+        return deploy_app("zsc")
 
 
 @pytest.fixture(scope="session")

