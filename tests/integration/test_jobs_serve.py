@@ -2,7 +2,8 @@
 
 One application, `jobs`, with its own SQLite file, small chunks (so a 2,000-text job is many
 chunks) and a retry schedule of seconds. Webhooks go to a real HTTP receiver on 127.0.0.1,
-allow-listed in the app's config. The restart test deletes and redeploys the app, so it runs last.
+allow-listed in the app's config. The last two tests delete and redeploy the app (the last one
+with a smaller window), so they run last.
 """
 
 from __future__ import annotations
@@ -451,41 +452,6 @@ def fitting_label(tokenizer: Any, low: int, high: int) -> str:
     return label
 
 
-def test_a_failed_job_sends_a_signed_job_failed_event(
-    deploy_app: Callable[..., str], receiver: Receiver, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """An operator shrinks the model's window (max_length) under a running job: the labels it
-    was accepted with no longer fit, every later chunk is refused (not transient), so the job
-    fails, keeps what it finished, and says so in a signed job.failed event."""
-    name = "jobs-window"
-    args = app_args(tmp_path / "window.sqlite3")
-    label = fitting_label(AutoTokenizer.from_pretrained(str(tiny_model_dir)), 30, 50)
-    window_url = deploy_app(name, **args)
-    # From the slow client's address: its bucket paces the job (two chunks a second), so the job
-    # is still running when the app comes back.
-    transport = httpx.HTTPTransport(local_address=SLOW_CLIENT)
-    with httpx.Client(transport=transport, timeout=60) as client:
-        body = {"texts": TEXTS, "labels": ["sports", label], "callback_url": receiver.url}
-        answer = client.post(f"{window_url}/v1/jobs", json=body)
-    assert answer.status_code == 202, answer.text
-    job = answer.json()
-    wait_for_chunks(window_url, job["id"], 1)
-    serve.delete(name)
-    # The same store, a window of 24 tokens: the label's hypothesis alone no longer fits.
-    assert deploy_app(name, max_length=24, **args) == window_url
-
-    payload = delivered_event(window_url, job["id"], receiver)
-    final = get_job(window_url, job["id"])
-    assert final["state"] == "failed" and final["finished_at"] is not None
-    assert final["error"]["type"] == "classifier_error"
-    assert "does not fit the model's window of 24 tokens" in final["error"]["message"], final
-    assert 0 < final["progress"]["completed_chunks"] < final["progress"]["total_chunks"]
-    assert payload["type"] == "job.failed"
-    assert payload["data"]["id"] == job["id"] and payload["data"]["status"] == "failed"
-    assert payload["data"]["error"] == final["error"]
-    assert payload["data"]["progress"] == final["progress"]
-
-
 def test_a_cancelled_job_sends_a_signed_job_cancelled_event(url: str, receiver: Receiver) -> None:
     job = submit(url, TEXTS, callback_url=receiver.url)
     wait_for_chunks(url, job["id"], 1)
@@ -557,3 +523,40 @@ def test_restart_of_the_whole_app_resumes_the_job(
     assert sorted(after) == list(range(total_chunks))  # none lost
     assert {i: after[i] for i in before} == before  # recorded chunks were not redone
     assert_same_results(all_results(url, job["id"]), reference)
+
+
+def test_a_failed_job_sends_a_signed_job_failed_event(
+    url: str,
+    db_path: Path,
+    deploy_app: Callable[..., str],
+    receiver: Receiver,
+    tiny_model_dir: Path,
+) -> None:
+    """An operator shrinks the model's window (max_length) under a running job: the labels it
+    was accepted with no longer fit, every later chunk is refused (not transient), so the job
+    fails, keeps what it finished, and says so in a signed job.failed event. Last in the
+    module: the app keeps the smaller window."""
+    label = fitting_label(AutoTokenizer.from_pretrained(str(tiny_model_dir)), 30, 50)
+    # From the slow client's address: its bucket paces the job (two chunks a second), so the job
+    # is still running when the app comes back.
+    transport = httpx.HTTPTransport(local_address=SLOW_CLIENT)
+    with httpx.Client(transport=transport, timeout=60) as client:
+        body = {"texts": TEXTS, "labels": ["sports", label], "callback_url": receiver.url}
+        answer = client.post(f"{url}/v1/jobs", json=body)
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    wait_for_chunks(url, job["id"], 1)
+    serve.delete(APP)
+    # The same store, a window of 24 tokens: the label's hypothesis alone no longer fits.
+    assert deploy_app(APP, max_length=24, **app_args(db_path)) == url
+
+    payload = delivered_event(url, job["id"], receiver)
+    final = get_job(url, job["id"])
+    assert final["state"] == "failed" and final["finished_at"] is not None
+    assert final["error"]["type"] == "classifier_error"
+    assert "does not fit the model's window of 24 tokens" in final["error"]["message"], final
+    assert 0 < final["progress"]["completed_chunks"] < final["progress"]["total_chunks"]
+    assert payload["type"] == "job.failed"
+    assert payload["data"]["id"] == job["id"] and payload["data"]["status"] == "failed"
+    assert payload["data"]["error"] == final["error"]
+    assert payload["data"]["progress"] == final["progress"]
