@@ -44,31 +44,7 @@ def test_handle_equals_http(zsc_url: str, zsc_handle, case: Case) -> None:
     assert via_handle["usage"] == via_http["usage"]
 
 
-@pytest.fixture(scope="module")
-def batching_app(deploy_app):
-    # A wait close to one tiny-model forward lets concurrent requests meet in a batch.
-    url = deploy_app("batching", batching={"max_batch_tokens": 4096, "batch_wait_timeout_s": 0.05})
-    return url, serve.get_deployment_handle("Classifier", app_name="batching")
-
-
-async def test_concurrent_requests_share_batches(batching_app, reference) -> None:
-    url, classifier = batching_app
-    await classifier.reset_batch_stats.remote()
-    texts = [f"Request {i}: the museum opens a new exhibition." for i in range(32)]
-    labels = ["art", "sports", "finance"]
-    async with httpx.AsyncClient(timeout=60) as client:
-        answers = await asyncio.gather(
-            *(client.post(f"{url}/v1/classify", json={"text": t, "labels": labels}) for t in texts)
-        )
-    assert all(a.status_code == 200 for a in answers)
-    for text, answer in zip(texts, answers):
-        assert_same_results(answer.json()["results"], [reference(text, candidate_labels=labels)])
-    stats = await classifier.batch_stats.remote()
-    assert stats["mean_calls_per_batch"] > 1.0, stats
-    assert stats["mean_pairs_per_batch"] > len(labels), stats
-
-
-# ---- batching is live-tunable: a redeploy with a new user_config retunes running replicas -----
+# ---- batching: requests share batches, and a redeploy with a new user_config retunes them ----
 
 RETUNE_APP = "retune"
 RETUNE_TEXTS = [f"Request {i}: the museum opens a new exhibition." for i in range(10)]
@@ -86,7 +62,7 @@ def retune_app(
     CONFIG` both do: the controller gets the whole config. `deploy(user_config)` redeploys the
     same config with another `user_config` for the Classifier, as an operator edits
     `deploy_config.yaml`. (`serve.run` of a built app is no such update: Serve gives its code a
-    new version on every call and replaces every replica.)"""
+    new version on every call and replaces every replica.) Deployed with the LARGE budget."""
     app = {
         "name": RETUNE_APP,
         "route_prefix": f"/{RETUNE_APP}",
@@ -104,8 +80,34 @@ def retune_app(
         # What both CLIs hand the controller; it applies a config, never a built app.
         apply_serve_config(RETUNE_APP, config)
 
+    def running() -> bool:
+        status = serve.status().applications.get(RETUNE_APP)
+        return status is not None and status.status == "RUNNING"
+
+    # A wait close to one tiny-model forward lets concurrent requests meet in a batch.
+    deploy(LARGE)
+    wait_for(running, 180, "the app to run")
     yield f"{serve_instance}/{RETUNE_APP}", deploy
     apply_serve_config(RETUNE_APP, None)
+
+
+async def test_concurrent_requests_share_batches(retune_app, reference) -> None:
+    """On the app deployed from a config (above), at its LARGE budget."""
+    url, _ = retune_app
+    classifier = serve.get_deployment_handle("Classifier", app_name=RETUNE_APP)
+    await classifier.reset_batch_stats.remote()
+    texts = [f"Request {i}: the museum opens a new exhibition." for i in range(32)]
+    labels = ["art", "sports", "finance"]
+    async with httpx.AsyncClient(timeout=60) as client:
+        answers = await asyncio.gather(
+            *(client.post(f"{url}/v1/classify", json={"text": t, "labels": labels}) for t in texts)
+        )
+    assert all(a.status_code == 200 for a in answers)
+    for text, answer in zip(texts, answers):
+        assert_same_results(answer.json()["results"], [reference(text, candidate_labels=labels)])
+    stats = await classifier.batch_stats.remote()
+    assert stats["mean_calls_per_batch"] > 1.0, stats
+    assert stats["mean_pairs_per_batch"] > len(labels), stats
 
 
 def pair_tokens(model_dir: Path, text: str, label: str) -> int:
