@@ -53,7 +53,7 @@ postgres:
 TEST_WORKERS ?= 2
 
 # Every test but the soak (`make soak`, about 10 minutes of steady load), and the lint gate beside
-# them: mypy's half minute of one core overlaps the tests' start instead of delaying it. Either
+# them: lint's seconds of one core overlap the tests' start instead of delaying it. Either
 # failing fails the target; lint's output is printed after the tests'.
 test: install browser postgres
 	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
