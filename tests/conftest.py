@@ -292,13 +292,10 @@ def zsc_url(deploy_app, serve_instance: str, tmp_path_factory: pytest.TempPathFa
     """The default application, `zsc`, on the tiny model: deployed by the first worker to ask,
     found running by the others (deploying it again would replace its replicas under them)."""
     from filelock import FileLock
-    from ray import serve
+    from live import app_running
 
     with FileLock(shared_dir(tmp_path_factory) / "zsc.lock"):
-        status = serve.status().applications.get("zsc")
-        if status is not None and status.status == "RUNNING":
-            return serve_instance
-        return deploy_app("zsc")
+        return serve_instance if app_running("zsc") else deploy_app("zsc")
 
 
 @pytest.fixture(scope="session")

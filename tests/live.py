@@ -86,6 +86,14 @@ def actor_modules(name: str, namespace: str) -> list[str]:
     return in_actor(name, namespace, _imported_modules)
 
 
+def app_running(app: str) -> bool:
+    """Whether Serve reports the application RUNNING."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    return status is not None and status.status == "RUNNING"
+
+
 def serving_actors(app: str) -> dict[str, str]:
     """The app's replicas and Serve's HTTP proxies: short label -> actor name (namespace serve)."""
     actors = {name.removeprefix(f"{REPLICA_PREFIX}{app}#"): name for name in replica_names(app)}

