@@ -25,7 +25,7 @@ import httpx
 import pytest
 from live import wait_for
 
-from serve_app.devtools.ports import free_port
+from serve_app.devtools.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -40,7 +40,11 @@ DEPLOY_TIMEOUT_S = 300.0
 # the node otherwise (ray-project/ray#65983); on a loaded 2-core machine the agent's imports
 # alone can take longer. Only that failure is retried, on fresh ports and a fresh temp dir.
 AGENT_TIMEOUT_MARK = "Timed out waiting for file"
+# A port chosen free can be taken by another process before `ray start` binds it: retried too.
+PORT_TAKEN_MARKS = ("is trying to use a port number", "already in use")
 START_ATTEMPTS = 3
+# Ports a node's `ray start` names (its six, and the head's GCS, dashboard and client server).
+PORTS_PER_NODE = 9
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -121,6 +125,10 @@ class RayNode:
                 return True
         return False
 
+    def port_taken(self) -> bool:
+        """Whether `ray start` stopped on a port that something else holds."""
+        return any(mark in self.log() for mark in PORT_TAKEN_MARKS)
+
 
 class NodeStartFailed(AssertionError):
     def __init__(self, node: RayNode):
@@ -140,35 +148,31 @@ class Cluster:
 
     # -- starting nodes --
 
-    @staticmethod
-    def _ports(*names: str) -> list[str]:
-        args: list[str] = []
-        used: set[int] = set()
-        for name in names:
-            port = free_port()
-            while port in used:
-                port = free_port()
-            used.add(port)
-            args += [f"--{name}", str(port)]
-        return args
-
     def _start(
-        self, name: str, make_args: Callable[[], list[str]], env: dict[str, str] | None = None
+        self,
+        name: str,
+        make_args: Callable[[Iterator[int]], list[str]],
+        env: dict[str, str] | None = None,
     ) -> RayNode:
+        """Start a node; `make_args` takes its ports from the node's supply of distinct ones."""
         for attempt in range(1, START_ATTEMPTS + 1):
+            ports = iter(free_ports(PORTS_PER_NODE))
             try:
                 return self._start_once(
-                    name if attempt == 1 else f"{name}.{attempt}", make_args(), env
+                    name if attempt == 1 else f"{name}.{attempt}", make_args(ports), env, ports
                 )
             except NodeStartFailed as failure:
                 failure.node.stop()
                 self.nodes.remove(failure.node)
-                if attempt == START_ATTEMPTS or not failure.node.agent_timed_out():
+                retry = failure.node.agent_timed_out() or failure.node.port_taken()
+                if attempt == START_ATTEMPTS or not retry:
                     raise
-                print(f"{name}: the raylet gave up on its dashboard agent; starting it again")
+                print(f"{name}: failed to start ({failure}); starting it again")
         raise AssertionError("not reached")
 
-    def _start_once(self, name: str, args: list[str], env: dict[str, str] | None = None) -> RayNode:
+    def _start_once(
+        self, name: str, args: list[str], env: dict[str, str] | None, ports: Iterator[int]
+    ) -> RayNode:
         temp_dir = self.base_dir / name
         temp_dir.mkdir()
         log_path = self.base_dir / f"{name}.log"
@@ -178,10 +182,14 @@ class Cluster:
             "--object-store-memory", str(100 * 1024 * 1024),
             "--num-gpus", "0",
             # Other Ray instances run on this machine: take no default port.
-            *self._ports(
-                "node-manager-port", "object-manager-port", "metrics-export-port",
-                "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                "runtime-env-agent-port",
+            *(
+                arg
+                for option in (
+                    "node-manager-port", "object-manager-port", "metrics-export-port",
+                    "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                )
+                for arg in (f"--{option}", str(next(ports)))
             ),
             *args,
         ]  # fmt: skip
@@ -202,8 +210,8 @@ class Cluster:
         return node
 
     def start_head(self) -> RayNode:
-        def head_args() -> list[str]:
-            gcs_port, dashboard_port, client_port = free_port(), free_port(), free_port()
+        def head_args(ports: Iterator[int]) -> list[str]:
+            gcs_port, dashboard_port, client_port = next(ports), next(ports), next(ports)
             self.gcs_address = f"127.0.0.1:{gcs_port}"
             self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
             return [
@@ -233,7 +241,7 @@ class Cluster:
         custom = json.dumps(resources or {WORKER_RESOURCE: 10})
         node = self._start(
             name,
-            lambda: [
+            lambda ports: [
                 "--address", self.gcs_address,
                 "--num-cpus", "2", "--resources", custom,
             ],
