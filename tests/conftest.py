@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -72,14 +73,16 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def run_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> FileLock:
+    """A file lock of this test run, held by one of its xdist workers at a time."""
+    return FileLock(shared_dir(tmp_path_factory) / f"{name}.lock")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once a run: the workers' apps on the shared Ray load the same directory."""
-    from filelock import FileLock
-
-    shared = shared_dir(tmp_path_factory)
-    with FileLock(shared / "tiny-model.lock"):
-        path = shared / "models" / "tiny"
+    with run_lock(tmp_path_factory, "tiny-model"):
+        path = shared_dir(tmp_path_factory) / "models" / "tiny"
         if not (path / "config.json").exists():
             build_test_model(path)
     return path
@@ -141,11 +144,10 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     instead of one per worker. Each worker signs in under a file of its own; the starting one
     stops Ray when no other is signed in."""
     import ray
-    from filelock import FileLock
     from ray import serve
 
     shared = shared_dir(tmp_path_factory)
-    lock = FileLock(shared / "ray.lock")
+    lock = run_lock(tmp_path_factory, "ray")
     info_path, users = shared / "ray.json", shared / "ray-users"
     me = users / str(os.getpid())
     logs = os.environ.get("ZSC_TEST_RAY_LOGS") == "1"
@@ -173,10 +175,9 @@ def serve_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         me.unlink()
     # Until the other workers are done with it (a worker that died is not waited for): checked
     # and given up under the lock, so no worker connects to a Ray that is about to stop.
-    deadline = time.monotonic() + 1800
     while started:
         with lock:
-            if time.monotonic() > deadline or not any(_alive(int(u.name)) for u in users.iterdir()):
+            if not any(_alive(int(u.name)) for u in users.iterdir()):
                 info_path.unlink()
                 break
         time.sleep(0.5)
@@ -208,9 +209,9 @@ def deploy_app(serve_instance: str, tiny_model_dir: Path, tmp_path_factory: pyte
     jobs_dir = tmp_path_factory.mktemp("job-stores")
 
     def deploy(name: str, **overrides: Any) -> str:
-        # Jobs cost a JobRunner replica: on in `zsc` and in apps that pass `jobs` (`{}` for the
-        # defaults), off in the others.
-        jobs = overrides.pop("jobs", {} if name == "zsc" else {"enabled": False})
+        # Jobs cost a JobRunner replica: on in apps that pass `jobs` (`{}` for the defaults),
+        # off in the others.
+        jobs = overrides.pop("jobs", {"enabled": False})
         if "store" not in jobs:
             jobs = {"db_path": str(jobs_dir / f"{name}.sqlite3"), **jobs}
         args: dict[str, Any] = {
@@ -237,16 +238,14 @@ def apply_serve_config(serve_instance: str, tmp_path_factory: pytest.TempPathFac
     Applying a config deletes every declaratively deployed app it does not name, and the xdist
     workers share one Serve: each apply names all of this run's (kept in a file beside the
     Ray), so one worker's never removes another's. Those it names unchanged stay as they are."""
-    from filelock import FileLock
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    shared = shared_dir(tmp_path_factory)
+    path = shared_dir(tmp_path_factory) / "declarative-apps.json"
 
     def apply(name: str, config: dict[str, Any] | None) -> None:
-        path = shared / "declarative-apps.json"
-        with FileLock(shared / "declarative-apps.lock"):
+        with run_lock(tmp_path_factory, "declarative-apps"):
             apps = json.loads(path.read_text()) if path.exists() else {}
             if config is None:
                 apps.pop(name, None)
@@ -291,11 +290,11 @@ def delete_app(name: str) -> None:
 def zsc_url(deploy_app, serve_instance: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The default application, `zsc`, on the tiny model: deployed by the first worker to ask,
     found running by the others (deploying it again would replace its replicas under them)."""
-    from filelock import FileLock
     from live import app_running
 
-    with FileLock(shared_dir(tmp_path_factory) / "zsc.lock"):
-        return serve_instance if app_running("zsc") else deploy_app("zsc")
+    # Jobs on, as in `make run`.
+    with run_lock(tmp_path_factory, "zsc"):
+        return serve_instance if app_running("zsc") else deploy_app("zsc", jobs={})
 
 
 @pytest.fixture(scope="session")
